@@ -1,1 +1,1 @@
-"""normlab.callbacks."""
+"""Lightning callbacks: norm schedules and training diagnostics."""

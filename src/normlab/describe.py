@@ -1,0 +1,53 @@
+"""Print a norm strategy's resolved constants per stack, to check them against the paper.
+
+    python -m normlab.describe model.norm=deepnorm model.depth=1000
+    python -m normlab.describe model.norm=deepnorm model.arch=encoder_decoder model.depth=24
+    python -m normlab.describe --list
+    python -m normlab.describe --json model.norm=deepnorm
+
+Takes the same ``model.*`` overrides as ``train.py`` (and ``experiment=...``); prints the same
+block that training prints at start and logs to TensorBoard.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from normlab.errors import ConfigError
+
+
+def describe(overrides: list[str]) -> dict:
+    from hydra import compose, initialize_config_dir
+
+    from normlab.config import validate_model_config
+    from normlab.norms.registry import build_strategy
+
+    config_dir = Path(__file__).resolve().parents[2] / "configs"
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    return build_strategy(validate_model_config(cfg.model)).describe()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from normlab.norms.registry import registered_names
+    from normlab.utils import format_description
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--list" in args:
+        print("\n".join(registered_names()))
+        return 0
+    as_json = "--json" in args
+    args = [a for a in args if a != "--json"]
+    try:
+        description = describe(args)
+    except ConfigError as err:
+        sys.stderr.write(f"normlab: error: {err}\n")
+        return 2
+    print(json.dumps(description, indent=2) if as_json else format_description(description))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""What every task shares: the model built in ``configure_model``, AdamW + warm-up schedule,
+gradient-norm logging, and checkpoints that carry everything ``eval.py`` needs.
+
+The network is built on the meta device inside ``configure_model`` so that (a) a 1,000-layer model
+starts in seconds, (b) distributed policies (activation checkpointing, FSDP) from
+:mod:`normlab.distributed` are applied *before* any memory is allocated, and (c) the declared init
+runs after materialisation / sharding. Checkpoints store the validated model config, the optimiser
+config, the data config and the tokenizer, so a checkpoint alone rebuilds the run.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from normlab.config import OptimConfig, validate_model_config, validate_optim_config
+from normlab.models.init import materialize
+
+CHECKPOINT_KEY = "normlab"
+
+
+def lr_factor(step: int, cfg: OptimConfig, total_steps: int) -> float:
+    """Multiplier on ``cfg.lr`` at optimizer step ``step``: linear warm-up, then the decay."""
+    warmup = cfg.warmup_steps
+    if step < warmup:
+        return (step + 1) / warmup
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "inverse_sqrt":
+        return math.sqrt(max(warmup, 1) / (step + 1)) if step + 1 > max(warmup, 1) else 1.0
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    floor = cfg.min_lr_ratio
+    if cfg.schedule == "linear":
+        return floor + (1.0 - floor) * (1.0 - progress)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class TransformerTask(L.LightningModule):
+    """Base LightningModule. Subclasses implement ``build_network`` and the steps."""
+
+    def __init__(self, model: dict, optim: dict, vocab_size: int, data: dict | None = None,
+                 seed: int = 0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_cfg = validate_model_config(model)
+        self.optim_cfg = validate_optim_config(optim)
+        self.net: nn.Module | None = None
+        self.tokenizer_json: str | None = None  # set by the run; embedded in checkpoints
+
+    # --- model ------------------------------------------------------------------------------
+    def build_network(self) -> nn.Module:
+        """Return the network on the meta device (see normlab.models.init.build_model)."""
+        raise NotImplementedError
+
+    def configure_model(self) -> None:
+        if self.net is not None:
+            return
+        from normlab import distributed
+
+        net = self.build_network()
+        net = distributed.parallelize(net, self)
+        self.net = materialize(net, self.device, seed=self.hparams.seed)
+
+    @property
+    def norm_strategy(self):
+        return self.net.norm_strategy if self.net is not None else None
+
+    # --- optimisation -----------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        cfg = self.optim_cfg
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        kwargs: dict[str, Any] = {"lr": cfg.lr, "betas": tuple(cfg.betas), "eps": cfg.eps}
+        if cfg.fused:
+            kwargs["fused"] = True
+        else:
+            kwargs["foreach"] = False if _has_dtensor(params) else None
+        optimizer = torch.optim.AdamW(groups, **kwargs)
+        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, cfg, total)
+        )
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads:
+            return
+        norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+        if hasattr(norm, "full_tensor"):
+            norm = norm.full_tensor()
+        self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+
+    # --- checkpoints ------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        cls = type(self)
+        checkpoint[CHECKPOINT_KEY] = {
+            "task": f"{cls.__module__}.{cls.__qualname__}",
+            "tokenizer": self.tokenizer_json,
+            "data": self.hparams.get("data"),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        extra = checkpoint.get(CHECKPOINT_KEY) or {}
+        if extra.get("tokenizer"):
+            self.tokenizer_json = extra["tokenizer"]
+
+
+def _has_dtensor(params: list[torch.Tensor]) -> bool:
+    """FSDP2 parameters are DTensors; foreach/fused AdamW pay a large first-step cost on them."""
+    return any(hasattr(p, "device_mesh") for p in params)

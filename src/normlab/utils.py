@@ -1,0 +1,114 @@
+"""Small run helpers: instantiate callbacks/loggers from config, print and log the strategy's
+resolved constants, rank-zero printing, and the CLI's one-line error handling."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from normlab.errors import ConfigError
+
+
+def instantiate_callbacks(node: DictConfig | None) -> list[L.Callback]:
+    """Every entry with a ``_target_`` becomes a callback (adding one = adding a YAML file)."""
+    if not node:
+        return []
+    return [instantiate(c) for c in node.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def instantiate_loggers(node: DictConfig | None) -> list[Any]:
+    if not node:
+        return []
+    return [instantiate(c) for c in node.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+@rank_zero_only
+def rank_zero_print(text: str) -> None:
+    print(text, flush=True)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6f}"
+    return str(value)
+
+
+def format_description(description: dict[str, Any]) -> str:
+    """The strategy's resolved constants as an aligned block, one stack per section."""
+    lines = [f"norm strategy: {description['norm']}  (arch={description['arch']}, "
+             f"N={description['encoder_depth']}, M={description['decoder_depth']})"]
+    if description.get("args"):
+        lines.append("  args: " + ", ".join(f"{k}={_fmt(v)}" for k, v in description["args"].items()))
+    for stack in ("encoder", "decoder"):
+        if stack in description:
+            items = description[stack]
+            lines.append(f"  {stack}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in items.items()))
+    return "\n".join(lines)
+
+
+def flatten(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            flatten(f"{prefix}/{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return out
+
+
+@rank_zero_only
+def log_description(loggers: list[Any], description: dict[str, Any], cfg: DictConfig) -> None:
+    """Log the resolved constants and the composed config as hyper-parameters and text."""
+    params = flatten("norm", description, {})
+    params.update(flatten("", OmegaConf.to_container(cfg, resolve=False), {}))
+    for logger in loggers:
+        logger.log_hyperparams(params)
+        experiment = getattr(logger, "experiment", None)
+        if hasattr(experiment, "add_text"):
+            experiment.add_text("norm_strategy", "```\n" + format_description(description) + "\n```")
+            experiment.add_text("norm_strategy_json", "```\n" + json.dumps(description, indent=2) + "\n```")
+
+
+def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a Hydra task function: a ConfigError becomes one line on stderr and exit code 2.
+
+    Hydra reports ordinary exceptions with a traceback; SystemExit passes through it untouched.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as err:
+            sys.stderr.write(f"normlab: error: {err}\n")
+            sys.exit(2)
+
+    return wrapper
+
+
+def check_model_overrides(argv: list[str]) -> None:
+    """Refuse ``model.<unknown>=...`` before Hydra does, with our one-line message.
+
+    Hydra would also refuse it (the key is not in the composed config), but with a multi-line
+    report; ``+model.x=...`` reaches :func:`normlab.config.validate_model_config` instead.
+    """
+    import dataclasses
+
+    from normlab.config import ModelConfig
+
+    valid = {f.name for f in dataclasses.fields(ModelConfig)}
+    for arg in argv:
+        if arg.startswith("model.") and "=" in arg:
+            key = arg.split("=", 1)[0][len("model."):].split(".", 1)[0]
+            if key not in valid:
+                sys.stderr.write(
+                    f"normlab: error: model.{key}: unknown key; valid keys are: {', '.join(sorted(valid))}\n"
+                )
+                sys.exit(2)
