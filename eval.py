@@ -12,6 +12,7 @@ os.environ.setdefault("NORMLAB_ROOT", str(Path(__file__).resolve().parent))
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from normlab.distributed import register_resolvers  # noqa: E402
 from normlab.run import evaluate  # noqa: E402
 from normlab.utils import one_line_errors  # noqa: E402
 
@@ -23,4 +24,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    register_resolvers()
     main()

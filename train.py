@@ -18,8 +18,9 @@ os.environ.setdefault("NORMLAB_ROOT", str(Path(__file__).resolve().parent))
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from normlab.distributed import register_resolvers  # noqa: E402
 from normlab.run import train  # noqa: E402
-from normlab.utils import check_model_overrides, one_line_errors  # noqa: E402
+from normlab.utils import check_model_overrides, norm_args_overrides, one_line_errors  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
@@ -30,5 +31,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    register_resolvers()
     check_model_overrides(sys.argv[1:])
+    sys.argv[1:] = norm_args_overrides(sys.argv[1:])
     main()

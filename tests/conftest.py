@@ -19,7 +19,7 @@ CONFIG_DIR = ROOT / "configs"
 STAGED_MIRROR = ROOT.parent / "shared" / "data"
 
 # Keep the 2-core machine usable when several test processes run at once.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def mirror_path() -> Path:

@@ -54,6 +54,7 @@ class ModelConfig:
     tie_embeddings: bool = True  # output projection shares the (target) token embedding
     share_embeddings: bool = False  # encoder_decoder only: source and target share one embedding
     activation_checkpointing: bool = False  # recompute each block in backward (memory for time)
+    init_from: str | None = None  # arch=encoder: start from this MLM checkpoint's encoder
 
     def stack_depths(self) -> tuple[int, int]:
         """(encoder layers N, decoder layers M); 0 for the side an architecture does not have."""
@@ -190,6 +191,11 @@ def validate_model_config(values: Any) -> ModelConfig:
     if cfg.share_embeddings and cfg.arch != "encoder_decoder":
         raise ConfigError(
             f"model.share_embeddings: only meaningful for arch=encoder_decoder (arch={cfg.arch}); "
+            "remove it"
+        )
+    if cfg.init_from is not None and cfg.arch != "encoder":
+        raise ConfigError(
+            f"model.init_from: loads a masked-LM encoder, only for arch=encoder (arch={cfg.arch}); "
             "remove it"
         )
     from normlab.norms import registry  # late import: the registry imports this module

@@ -23,10 +23,11 @@ def describe(overrides: list[str]) -> dict:
 
     from normlab.config import validate_model_config
     from normlab.norms.registry import build_strategy
+    from normlab.utils import norm_args_overrides
 
     config_dir = Path(__file__).resolve().parents[2] / "configs"
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+        cfg = compose(config_name="train", overrides=norm_args_overrides(overrides))
     return build_strategy(validate_model_config(cfg.model)).describe()
 
 

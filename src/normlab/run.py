@@ -46,8 +46,13 @@ def build_trainer(cfg: DictConfig, callbacks: list[L.Callback], loggers: list[An
     trainer_cfg = distributed.validate_trainer_config(cfg.trainer)
     try:
         return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"trainer: {err}".splitlines()[0]) from err
+    except Exception as err:  # hydra wraps what the Trainer / strategy constructors raise
+        cause = err.__cause__ or err
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        if isinstance(cause, (TypeError, ValueError)):
+            raise ConfigError(f"trainer: {cause}".splitlines()[0]) from err
+        raise
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -55,6 +60,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     L.seed_everything(cfg.seed, workers=True)
     model_cfg = validate_model_config(cfg.model)
     optim_cfg = validate_optim_config(cfg.optim)
+    from normlab import distributed
+
+    distributed.validate_trainer_config(cfg.trainer)  # precision x hardware x strategy, before any data work
     description = build_strategy(model_cfg).describe()
 
     data_cfg = _container(cfg.data)
@@ -135,7 +143,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 def _instantiate(key: str, node: Any, **kwargs: Any) -> Any:
     """hydra instantiate with a one-line ConfigError for unknown / wrongly typed arguments."""
     try:
-        return instantiate(node, **kwargs)
+        return instantiate(node, _convert_="all", _recursive_=False, **kwargs)
     except ConfigError:
         raise
     except Exception as err:  # hydra wraps the constructor's exception

@@ -112,3 +112,14 @@ def check_model_overrides(argv: list[str]) -> None:
                     f"normlab: error: model.{key}: unknown key; valid keys are: {', '.join(sorted(valid))}\n"
                 )
                 sys.exit(2)
+
+
+def norm_args_overrides(argv: list[str]) -> list[str]:
+    """Let ``model.norm_args.<key>=value`` work without Hydra's ``+`` prefix.
+
+    ``model.norm_args`` is ``{}`` in YAML (its keys depend on the chosen strategy), so Hydra's
+    struct mode would refuse a new key; rewriting it to ``++model.norm_args.<key>=value`` (add or
+    override) keeps the documented command line (``model.norm_args.max_norm_step=4000``). The key
+    is still validated against the strategy's ``Args`` by :func:`normlab.norms.registry.validate_args`.
+    """
+    return [f"++{arg}" if arg.startswith("model.norm_args.") and "=" in arg else arg for arg in argv]

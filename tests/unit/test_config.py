@@ -8,7 +8,6 @@ import pytest
 from normlab.config import validate_model_config, validate_optim_config
 from normlab.errors import ConfigError
 from normlab.norms import registered_names
-
 from tests.conftest import CONFIG_DIR
 
 

@@ -62,7 +62,9 @@ class DatasetSource:
 
 
 _GH = "https://raw.githubusercontent.com"
-_SHAKESPEARE = f"{_GH}/karpathy/char-rnn/6f9487a6fe5b420b7ca9afb0d7c078e37c1d1b4e/data/tinyshakespeare"
+_SHAKESPEARE = (
+    f"{_GH}/karpathy/char-rnn/6f9487a6fe5b420b7ca9afb0d7c078e37c1d1b4e/data/tinyshakespeare"
+)
 _WIKITEXT = (
     f"{_GH}/pytorch/examples/77f55b912142e11fcfdf5b530231fb9c52f181e8"
     "/word_language_model/data/wikitext-2"
@@ -165,7 +167,8 @@ def ensure_dataset(name: str, data_dir: str | Path, files: Iterable[str] | None 
     if name not in DATASETS:
         raise DataError(f"data set {name!r} is unknown; known data sets: {', '.join(DATASETS)}")
     source = DATASETS[name]
-    wanted = [source.file(f) for f in (files if files is not None else [f.name for f in source.files])]
+    names = [f.name for f in source.files] if files is None else list(files)
+    wanted = [source.file(f) for f in names]
     folder = Path(data_dir) / name
     folder.mkdir(parents=True, exist_ok=True)
     stamps = _read_stamps(folder)
@@ -185,7 +188,8 @@ def ensure_dataset(name: str, data_dir: str | Path, files: Iterable[str] | None 
                 log.info("%s/%s: fetched from %s (verified)", name, rf.name, origin)
             st = path.stat()
             stamps[rf.name] = [st.st_size, st.st_mtime_ns, rf.sha256]
-        _write_atomic(folder / _STAMP, json.dumps(stamps, indent=1, sort_keys=True).encode())
+        with atomic_output(folder / _STAMP) as tmp:
+            tmp.write_text(json.dumps(stamps, indent=1, sort_keys=True))
     return folder
 
 
@@ -259,25 +263,30 @@ def _open_url(url: str) -> BinaryIO:
 def _store(src: BinaryIO, dest: Path, rf: RemoteFile) -> None:
     """Stream ``src`` to a temp file beside ``dest``, verify its SHA-256, then move it in place."""
     h = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            while block := src.read(_CHUNK):
-                h.update(block)
-                out.write(block)
+    with atomic_output(dest) as tmp, open(tmp, "wb") as out:
+        while block := src.read(_CHUNK):
+            h.update(block)
+            out.write(block)
         if h.hexdigest() != rf.sha256:
             raise DataError(f"checksum mismatch (expected {rf.sha256}, got {h.hexdigest()})")
+
+
+@contextlib.contextmanager
+def atomic_output(dest: Path) -> Iterator[Path]:
+    """Yield a temp path beside ``dest``; if the block succeeds, move it onto ``dest`` atomically.
+
+    Readers (other ranks, other processes) see either no file or the complete one, never a prefix.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; data and caches are meant to be shared
         os.replace(tmp, dest)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-
-
-def _write_atomic(dest: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    with os.fdopen(fd, "wb") as out:
-        out.write(payload)
-    os.replace(tmp, dest)
 
 
 @contextlib.contextmanager
@@ -301,6 +310,3 @@ def _one_line(exc: BaseException) -> str:
         exc = exc.reason if isinstance(exc.reason, BaseException) else exc
     text = str(exc) or type(exc).__name__
     return " ".join(text.split())
-
-
-__all__ = ["DATASETS", "DatasetSource", "RemoteFile", "ensure_dataset", "sha256_file"]

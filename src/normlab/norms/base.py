@@ -22,7 +22,7 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any, ClassVar
 
 import torch
@@ -60,7 +60,7 @@ class Site:
     kind: str  # "self_attn" | "cross_attn" | "ffn"
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     """What a weight does. Modules declare roles; init never matches parameter names."""
 
     Q = "q"

@@ -63,7 +63,7 @@ class TransformerTask(L.LightningModule):
 
         net = self.build_network()
         net = distributed.parallelize(net, self)
-        self.net = materialize(net, self.device, seed=self.hparams.seed)
+        self.net = materialize(net, distributed.materialize_device(self), seed=self.hparams.seed)
 
     @property
     def norm_strategy(self):

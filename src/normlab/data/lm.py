@@ -1,0 +1,268 @@
+"""Decoder-only language modelling data: Tiny Shakespeare as contiguous token windows.
+
+Splits are contiguous character ranges of the corpus (first 90% train, next 5% val, last 5% test
+by default), because shuffling lines would leak near-duplicate context across splits. The
+tokenizer sees only the train split. Each split is encoded once into a 1-D LongTensor cached on
+disk, keyed by the tokenizer's content hash and the data fingerprint, so later runs start at once.
+
+A batch is ``{"input_ids": [B, T], "labels": [B, T]}`` with ``labels`` = inputs shifted by one,
+cut from non-overlapping windows of T+1 tokens (stride T): every token of a split is predicted
+exactly once per epoch, so val/test loss is the split's per-token cross-entropy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from normlab.data.sampling import ResumableSampler, resume_position
+from normlab.data.sources import DATASETS, atomic_output, ensure_dataset
+from normlab.data.tokenizer import TextTokenizer, TokenizerSettings, split_corpus, train_or_load
+from normlab.errors import ConfigError
+
+log = logging.getLogger("normlab.data")
+
+SPLITS = ("train", "val", "test")
+# dataset name -> (folder of the data source, files it needs)
+CORPORA: dict[str, tuple[str, tuple[str, ...]]] = {
+    "tinyshakespeare": ("tinyshakespeare", ("input.txt",)),
+    # WikiText-2's train split is not staged: train/val are cut from wiki.valid.tokens in the
+    # ratio splits[0]:splits[1], test is wiki.test.tokens (a smoke/eval setup, not the benchmark).
+    "wikitext2": ("wikitext-2-valid-test", ("wiki.valid.tokens", "wiki.test.tokens")),
+}
+
+
+class TokenWindows(Dataset):
+    """Non-overlapping windows of ``seq_len + 1`` tokens (stride ``seq_len``); the last partial
+    window is dropped, so windows cover predictions for tokens 1 .. n*seq_len of the split."""
+
+    def __init__(self, ids: Tensor, seq_len: int) -> None:
+        self.ids, self.seq_len = ids, seq_len
+
+    def __len__(self) -> int:
+        return max(0, (len(self.ids) - 1) // self.seq_len)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        window = self.ids[i * self.seq_len : (i + 1) * self.seq_len + 1]
+        return {"input_ids": window[:-1], "labels": window[1:]}
+
+
+def unigram_cross_entropy(train_ids: Tensor, eval_ids: Tensor, vocab_size: int) -> float:
+    """Nats/token of ``eval_ids`` under the add-one-smoothed unigram distribution of ``train_ids``.
+
+    The loss a model gets by learning token frequencies and nothing else: a trained LM must beat it.
+    """
+    counts = torch.bincount(train_ids, minlength=vocab_size).double() + 1.0
+    log_p = counts.log() - counts.sum().log()
+    return float(-log_p[eval_ids].mean())
+
+
+class LMDataModule(L.LightningDataModule):
+    """Tiny Shakespeare (or the staged WikiText-2 files) for next-token prediction."""
+
+    def __init__(
+        self,
+        dataset: str = "tinyshakespeare",
+        data_dir: str = "data",
+        seq_len: int = 128,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        tokenizer: dict | TokenizerSettings | None = None,
+        splits: tuple[float, float, float] = (0.9, 0.05, 0.05),
+        tokenizer_json: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if dataset not in CORPORA:
+            raise ConfigError(
+                f"data.dataset: unknown {dataset!r}; choose one of {', '.join(CORPORA)}"
+            )
+        _check_int("seq_len", seq_len, 2)
+        _check_int("batch_size", batch_size, 1)
+        _check_int("num_workers", num_workers, 0)
+        splits = tuple(splits)
+        if (
+            len(splits) != 3
+            or not all(isinstance(s, int | float) and s > 0 for s in splits)
+            or abs(sum(splits) - 1.0) > 1e-6
+        ):
+            raise ConfigError(
+                f"data.splits: need three positive fractions (train, val, test) summing to 1, "
+                f"got {list(splits)}"
+            )
+        if tokenizer_json is not None and not isinstance(tokenizer_json, str):
+            raise ConfigError("data.tokenizer_json: must be a tokenizer.json string or null")
+        self.dataset, self.data_dir = dataset, Path(data_dir)
+        self.seq_len, self.batch_size, self.num_workers = seq_len, batch_size, num_workers
+        self.splits: tuple[float, float, float] = tuple(float(s) for s in splits)  # type: ignore[assignment]
+        self.settings = TokenizerSettings.parse(tokenizer)
+        self.tokenizer_json = tokenizer_json
+        self.seed = int(seed)
+        self._tokenizer: TextTokenizer | None = None
+        self.ids: dict[str, Tensor] = {}  # split -> 1-D LongTensor, filled by setup()
+        self._baseline: float | None = None
+        self._ready = False
+
+    # ---- config round trip -------------------------------------------------------------------
+    def data_config(self) -> dict[str, Any]:
+        """Constructor kwargs (minus ``tokenizer_json``) so a checkpoint can rebuild this module."""
+        return {
+            "dataset": self.dataset,
+            "data_dir": str(self.data_dir),
+            "seq_len": self.seq_len,
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+            "tokenizer": self.settings.as_dict(),
+            "splits": list(self.splits),
+            "seed": self.seed,
+        }
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the exact training text: data-set files' SHA-256s + dataset + splits."""
+        folder, files = CORPORA[self.dataset]
+        sums = ",".join(DATASETS[folder].file(f).sha256 for f in files)
+        return f"{self.dataset}|{sums}|splits={list(self.splits)}"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / CORPORA[self.dataset][0] / "cache"
+
+    # ---- data --------------------------------------------------------------------------------
+    def split_texts(self) -> dict[str, str]:
+        """Fetch/verify the files and cut them into the three contiguous character ranges."""
+        folder_name, files = CORPORA[self.dataset]
+        folder = ensure_dataset(folder_name, self.data_dir, files)
+        texts = [(folder / f).read_text(encoding="utf-8") for f in files]
+        s_train, s_val, _ = self.splits
+        if self.dataset == "wikitext2":
+            text, test = texts
+            cut = int(len(text) * s_train / (s_train + s_val))
+            return {"train": text[:cut], "val": text[cut:], "test": test}
+        text = texts[0]
+        a, b = int(len(text) * s_train), int(len(text) * (s_train + s_val))
+        return {"train": text[:a], "val": text[a:b], "test": text[b:]}
+
+    @property
+    def tokenizer(self) -> TextTokenizer:
+        return self.prepare_tokenizer()
+
+    def prepare_tokenizer(self) -> TextTokenizer:
+        """Fetch the data and train (or load) the tokenizer; call before building the model."""
+        if self._tokenizer is None:
+            if self.tokenizer_json is not None:
+                self._tokenizer = TextTokenizer.from_json(self.tokenizer_json, self.settings)
+            else:
+                train_text = self.split_texts()["train"]
+                self._tokenizer = train_or_load(
+                    self.settings,
+                    lambda: split_corpus(train_text),
+                    self.cache_dir,
+                    self.fingerprint,
+                )
+        return self._tokenizer
+
+    def prepare_data(self) -> None:
+        """Runs once per node (local rank 0) under DDP: fetch, train, encode, fill the caches."""
+        self._encode_splits()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._ready:
+            return
+        ids = self._load_ids()
+        n_train = len(TokenWindows(ids["train"], self.seq_len))
+        if n_train < self.batch_size:
+            raise ConfigError(
+                f"data.batch_size: the train split has only {n_train} windows of "
+                f"seq_len={self.seq_len}, fewer than batch_size={self.batch_size}; "
+                "lower batch_size or seq_len"
+            )
+        self._ready = True
+        log.info(
+            "lm data: %s tokens train/val/test = %s, vocab %d, unigram baseline %.3f nats/token",
+            self.dataset,
+            "/".join(str(len(ids[s])) for s in SPLITS),
+            self.tokenizer.vocab_size,
+            self.unigram_baseline,
+        )
+
+    @property
+    def unigram_baseline(self) -> float:
+        """Val cross-entropy (nats/token) of the train split's add-one unigram model.
+
+        Computed on first access (the run prints it before ``fit`` calls ``setup``).
+        """
+        if self._baseline is None:
+            ids = self._load_ids()
+            self._baseline = unigram_cross_entropy(
+                ids["train"], ids["val"], self.tokenizer.vocab_size
+            )
+        return self._baseline
+
+    def _load_ids(self) -> dict[str, Tensor]:
+        if not self.ids:
+            self.ids = self._encode_splits()
+        return self.ids
+
+    def _encode_splits(self) -> dict[str, Tensor]:
+        tok = self.prepare_tokenizer()
+        key = hashlib.sha256(self.fingerprint.encode()).hexdigest()[:12]
+        paths = {s: self.cache_dir / f"ids-{s}-{tok.digest}-{key}.pt" for s in SPLITS}
+        if all(p.exists() for p in paths.values()):
+            return {s: torch.load(p, weights_only=True) for s, p in paths.items()}
+        texts = self.split_texts()
+        out = {}
+        for split, path in paths.items():
+            out[split] = torch.tensor(tok.encode_corpus(texts[split]), dtype=torch.long)
+            with atomic_output(path) as tmp:  # a racing rank sees no file or the whole file
+                torch.save(out[split], tmp)
+        return out
+
+    # ---- loaders -----------------------------------------------------------------------------
+    def _loader(self, split: str) -> DataLoader:
+        self.setup()
+        train = split == "train"
+        windows = TokenWindows(self.ids[split], self.seq_len)
+        sampler = self._train_sampler(windows) if train else None
+        return DataLoader(
+            windows,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            drop_last=train,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def _train_sampler(self, windows: TokenWindows) -> ResumableSampler:
+        """Shuffled order fixed by (seed, epoch, rank); resumes mid-epoch where the checkpoint was."""
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = ResumableSampler(windows, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+        epoch, done = resume_position(trainer, len(sampler) // self.batch_size)
+        sampler.set_epoch(epoch)
+        sampler.resume(epoch, done * self.batch_size)
+        return sampler
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+
+def _check_int(key: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"data.{key}: must be an integer >= {minimum}, got {value!r}")
