@@ -1,0 +1,204 @@
+"""BranchNorm (norms.md §3, Candidate A, and §8 checks 12-14): the schedule's numbers, exactly
+Post-LN for t >= T, invariance to the branch-weight scale at t = 0, mean-centring is a no-op
+under the outer LayerNorm, the progress lives in checkpointed buffers, typed arguments, describe."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from normlab.config import validate_model_config
+from normlab.errors import ConfigError
+from normlab.models.init import build_model, materialize
+from normlab.norms.base import Site
+from normlab.norms.branchnorm import BranchNormResidual, branchnorm_exponent
+from normlab.norms.registry import build_strategy, get_strategy_class
+
+ARCHS = ["decoder", "encoder", "encoder_decoder"]
+V = 50
+
+
+def _cfg(norm: str = "branchnorm", arch: str = "decoder", depth: int = 4, **extra):
+    return validate_model_config({"arch": arch, "norm": norm, "depth": depth, "d_model": 32,
+                                  "n_heads": 4, "d_ffn": 64, **extra})
+
+
+def _model(norm: str = "branchnorm", arch: str = "decoder", depth: int = 4, seed: int = 0, **extra):
+    return materialize(build_model(_cfg(norm, arch, depth, **extra), vocab_size=V), "cpu", seed=seed)
+
+
+def _run(model, arch: str, ids: torch.Tensor) -> torch.Tensor:
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    if arch == "decoder":
+        return model(ids)
+    if arch == "encoder":
+        return model(ids, mask)
+    return model(ids, mask, ids[:, :5])
+
+
+@pytest.mark.parametrize(
+    ("decay", "step", "expected"),
+    [
+        ("linear", 0, 1.0), ("linear", 25, 0.75), ("linear", 50, 0.5), ("linear", 99, 0.01),
+        ("linear", 100, 0.0), ("linear", 10_000, 0.0),
+        ("cosine", 0, 1.0), ("cosine", 25, (1 + math.cos(math.pi / 4)) / 2), ("cosine", 50, 0.5),
+        ("cosine", 100, 0.0), ("cosine", 150, 0.0),
+        ("step", 0, 1.0), ("step", 99, 1.0), ("step", 100, 0.0),
+    ],
+)
+def test_exponent_schedule(decay: str, step: int, expected: float) -> None:
+    assert branchnorm_exponent(step, 100, decay) == pytest.approx(expected, abs=1e-12)
+
+
+def test_default_max_norm_step_and_decay() -> None:
+    args = get_strategy_class("branchnorm").Args()
+    assert (args.max_norm_step, args.decay) == (4000, "linear")
+    strategy = build_strategy(_cfg(depth=1000))
+    assert strategy.has_schedule
+    assert strategy.exponent_at(1000) == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("norm_layer", ["layernorm", "rmsnorm"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_equals_post_ln_bit_for_bit_once_t_reaches_T(arch: str, norm_layer: str) -> None:
+    """§8.12: for step >= T the block output equals the Post-LN block output exactly."""
+    args = {"max_norm_step": 20, "decay": "linear"}
+    branch = _model("branchnorm", arch, seed=3, norm_layer=norm_layer, norm_args=args)
+    post = _model("postln", arch, seed=3, norm_layer=norm_layer)
+    params_b = dict(branch.named_parameters())
+    assert params_b.keys() == dict(post.named_parameters()).keys()
+    assert all(torch.equal(params_b[k], p) for k, p in post.named_parameters())
+    ids = torch.randint(0, V, (2, 9))
+    out_post = _run(post, arch, ids)
+    branch.norm_strategy.set_progress(10)  # a_t = 0.5: not Post-LN yet
+    assert (_run(branch, arch, ids) - out_post).abs().max() > 1e-2
+    for step in (20, 21, 500):
+        branch.norm_strategy.set_progress(step)
+        assert float(branch.norm_strategy.exponent) == 0.0
+        assert torch.equal(_run(branch, arch, ids), out_post)
+
+
+def _scale_branch_outputs(model: nn.Module, c: float) -> None:
+    """Multiply the last linear map of every branch (W^O and fc2, weight and bias) by ``c``."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".out_proj." in name or ".fc2." in name:
+                p.mul_(c)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_invariant_to_branch_weight_scale_at_step_0(arch: str) -> None:
+    """§8.14: at t = 0 the branch is standardised, so scaling W^O / fc2 by c > 0 changes nothing
+    (up to eps, taken tiny here: small-variance branches make the default 1e-5 visible at c = 1/4);
+    Post-LN's output does change."""
+    args = {"eps": 1e-12}
+    ids = torch.randint(0, V, (2, 9))
+    ref_b = _run(_model("branchnorm", arch, seed=1, norm_args=args), arch, ids)
+    ref_p = _run(_model("postln", arch, seed=1), arch, ids)
+    for c in (0.25, 4.0):
+        branch, post = _model("branchnorm", arch, seed=1, norm_args=args), _model("postln", arch, seed=1)
+        _scale_branch_outputs(branch, c)
+        _scale_branch_outputs(post, c)
+        torch.testing.assert_close(_run(branch, arch, ids), ref_b, atol=2e-4, rtol=1e-4)
+        assert (_run(post, arch, ids) - ref_p).abs().max() > 0.05
+
+
+def test_branch_is_standardised_at_step_0_and_untouched_at_T() -> None:
+    strategy = build_strategy(_cfg(norm_args={"max_norm_step": 8}))
+    residual = strategy.residual(Site("decoder", 0, "ffn"))
+    residual.norm = nn.Identity()  # look at x + rescaled branch directly
+    x = torch.zeros(3, 5, 32)
+    y = 3.0 * torch.randn(3, 5, 32) + 0.7
+    strategy.set_progress(0)
+    out = residual(x, lambda h: y)
+    var = out.var(-1, unbiased=False)
+    torch.testing.assert_close(var, torch.ones_like(var), atol=1e-4, rtol=0)
+    strategy.set_progress(4)  # a = 1/2: divide by (Var + eps)^(1/4)
+    expected = y / (y.var(-1, unbiased=False, keepdim=True) + 1e-5) ** 0.25
+    torch.testing.assert_close(residual(x, lambda h: y), expected, atol=1e-6, rtol=1e-6)
+    strategy.set_progress(8)
+    assert torch.equal(residual(x, lambda h: y), y)
+
+
+def test_mean_centring_is_a_no_op_under_layernorm() -> None:
+    """§8.13: LN(x + y - mean(y)) == LN(x + y), which is why the branch is not centred; with
+    RMSNorm it is not a no-op, and leaving centring out keeps t >= T exactly Post-LN there too."""
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 7, 32), torch.randn(4, 7, 32) + 2.0
+    ln = nn.LayerNorm(32)
+    centred = y - y.mean(-1, keepdim=True)
+    torch.testing.assert_close(ln(x + centred), ln(x + y), atol=1e-6, rtol=0)
+    strategy = build_strategy(_cfg())
+    res = BranchNormResidual(ln, strategy, eps=1e-5)
+    strategy.set_progress(1000)  # a = 0.75
+    torch.testing.assert_close(res(x, lambda h: centred), res(x, lambda h: y - 0.0), atol=2e-6, rtol=0)
+    rms = nn.RMSNorm(32)
+    assert (rms(x + centred) - rms(x + y)).abs().max() > 0.1
+
+
+def test_progress_lives_in_checkpointed_buffers() -> None:
+    model = _model(norm_args={"max_norm_step": 10})
+    strategy = model.norm_strategy
+    assert (int(strategy.progress), float(strategy.exponent)) == (0, 1.0)  # reset_state after init
+    strategy.set_progress(7)
+    state = model.state_dict()
+    assert int(state["norm_strategy.progress"]) == 7
+    assert float(state["norm_strategy.exponent"]) == pytest.approx(0.3)
+    fresh = _model(norm_args={"max_norm_step": 10}, seed=9)
+    fresh.load_state_dict(state)
+    assert float(fresh.norm_strategy.exponent) == pytest.approx(0.3)
+    ids = torch.randint(0, V, (2, 6))
+    assert torch.equal(fresh(ids), model(ids))
+    # residual modules hold no copy of the buffers: there is exactly one exponent in the model
+    assert [k for k in state if k.endswith("exponent")] == ["norm_strategy.exponent"]
+
+
+def test_no_final_norm_and_standard_init() -> None:
+    model = _model(depth=3)
+    assert model.decoder.final_norm is None
+    post = _model("postln", depth=3)
+    assert torch.equal(model.decoder.layers[1].ffn.fc2.weight, post.decoder.layers[1].ffn.fc2.weight)
+
+
+def test_describe_shows_schedule_and_current_value() -> None:
+    strategy = build_strategy(_cfg(norm_args={"max_norm_step": 200, "decay": "cosine"}))
+    strategy.set_progress(100)
+    consts = strategy.describe()["decoder"]
+    assert consts["step"] == 100
+    assert consts["exponent"] == pytest.approx(0.5)
+    assert "cosine" in consts["schedule"] and "T=200" in consts["schedule"]
+    assert consts["final_norm"] is False
+    assert strategy.schedule_values() == {"exponent": pytest.approx(0.5), "progress": 100.0}
+
+
+@pytest.mark.parametrize(
+    ("norm_args", "message"),
+    [
+        ({"max_norm_stp": 10}, r"model\.norm_args\.max_norm_stp: unknown key; valid keys are: "
+                               r"max_norm_step=4000, decay='linear', eps=1e-05"),
+        ({"max_norm_step": "soon"}, r"model\.norm_args\.max_norm_step: expected int.*max_norm_step=4000"),
+        ({"max_norm_step": 0}, r"model\.norm_args\.max_norm_step: must be >= 1"),
+        ({"decay": "exponential"},
+         r"model\.norm_args\.decay: 'exponential' is not one of linear, cosine, step"),
+        ({"eps": -1.0}, r"model\.norm_args\.eps: must be > 0"),
+    ],
+)
+def test_typed_arguments_fail_in_one_line(norm_args: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        _cfg(norm_args=norm_args)
+    assert "\n" not in str(info.value)
+
+
+def test_cli_override_without_plus_and_headline_command(capsys) -> None:
+    """``model.norm_args.max_norm_step=N`` works as written (no Hydra '+'), and the headline
+    ``model.norm=branchnorm model.depth=1000`` needs no other argument."""
+    from normlab.describe import describe, main
+
+    assert main(["model.norm=branchnorm", "model.depth=1000", "model.norm_args.max_norm_step=100"]) == 0
+    out = capsys.readouterr().out
+    assert "T=100" in out and "M=1000" in out
+    described = describe(["model.norm=branchnorm", "model.depth=1000"])
+    assert described["args"]["max_norm_step"] == 4000 and described["decoder"]["exponent"] == 1.0
