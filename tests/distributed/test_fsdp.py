@@ -1,0 +1,175 @@
+"""FSDP2 on 2 gloo processes (127.0.0.1): real sharding, same numbers as one process, sharded resume.
+
+One 2-"node" torchrun launch (``scripts/torchrun.sh``, ``--nnodes=2 --nproc_per_node=1``, c10d) trains
+the debug LM for 6 steps with full sharding and activation checkpointing, writing sharded checkpoints
+at steps 3 and 6. A second 2-node launch resumes from step 3 with *hybrid* sharding (HSDP: replicate
+across the 2 nodes, shard within each) and 2 blocks per FSDP unit, so the resume also proves that DCP
+re-shards on load. A
+single-process run with the same global batch (8 = 2 ranks x 4) and seed is the reference. All runs
+record per-step global losses (tests/distributed/recorder.py).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from normlab.distributed import read_checkpoint_extras
+from normlab.run import evaluate, train
+from tests.distributed import recorder
+from tests.distributed.launch import torchrun
+
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+
+STEPS = 6
+COMMON = [
+    "experiment=debug",
+    "trainer.max_steps=6",
+    "trainer.limit_val_batches=0",
+    "trainer.limit_test_batches=2",
+    "optim.warmup_steps=2",
+    "model.depth=3",
+    "model.norm=deepnorm",
+]
+CKPT = [
+    "callbacks.model_checkpoint.monitor=null",
+    "+callbacks.model_checkpoint.every_n_train_steps=3",
+    "callbacks.model_checkpoint.save_top_k=-1",
+    "callbacks.model_checkpoint.save_last=false",
+    "callbacks.model_checkpoint.filename='step{step}'",
+    "~callbacks.rich_progress_bar",
+    "~callbacks.lr_monitor",
+]
+
+
+def recorder_args(out: Path) -> list[str]:
+    return [
+        "+callbacks.recorder._target_=tests.distributed.recorder.Recorder",
+        f"+callbacks.recorder.out_dir={out}",
+    ]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict:
+    from tests.conftest import compose_config
+
+    base = tmp_path_factory.mktemp("fsdp")
+    # 1. reference: one process, global batch 8 (also builds the tokenizer cache the launches reuse)
+    ref_cfg = compose_config(
+        "train",
+        COMMON
+        + ["data.batch_size=8", "callbacks=none", "~logger", "test=false", *recorder_args(base / "ref")],
+        base / "ref_run",
+        data_dir,
+    )
+    train(ref_cfg)
+    fsdp = COMMON + [
+        "trainer=fsdp",
+        "data.batch_size=4",
+        "model.activation_checkpointing=true",
+        "logger=csv",
+        *CKPT,
+        f"paths.data_dir={data_dir}",
+    ]
+    # 2. two "nodes" of one process each, sharded checkpoints at steps 3 and 6, test at the end
+    two_node = torchrun(
+        fsdp + ["test=true", f"paths.log_dir={base / 'logs'}", *recorder_args(base / "two_node")],
+        run_id="two_node",
+        cwd=base,
+        nnodes=2,
+        nproc_per_node=1,
+    )
+    assert two_node.ok, two_node.tail()
+    run_dir = base / "logs" / "debug" / "runs" / "two_node"
+    # 3. resume from the step-3 shards, as HSDP (2 nodes: replicate across them, shard within)
+    resumed = torchrun(
+        fsdp
+        + [
+            "test=false",
+            "trainer.strategy.sharding=hybrid",
+            "trainer.strategy.layers_per_unit=2",  # 3 blocks -> units of 2 + 1
+            f"paths.log_dir={base / 'logs2'}",
+            f"ckpt_path={run_dir / 'checkpoints' / 'step3.ckpt'}",
+            *recorder_args(base / "resumed"),
+        ],
+        run_id="resumed",
+        cwd=base,
+        nnodes=2,
+        nproc_per_node=1,
+    )
+    assert resumed.ok, resumed.tail()
+    return {
+        "base": base,
+        "run_dir": run_dir,
+        "ref": recorder.read(base / "ref")[0],
+        "two_node": recorder.read(base / "two_node"),
+        "resumed": recorder.read(base / "resumed"),
+    }
+
+
+def test_two_torchrun_nodes_finish_into_one_run_directory(runs: dict) -> None:
+    ranks = runs["two_node"]
+    assert sorted(ranks) == [0, 1]  # both ranks reached teardown and wrote their record
+    assert {r["node_rank"] for r in ranks.values()} == {0, 1}
+    assert all(r["num_nodes"] == 2 and r["world_size"] == 2 for r in ranks.values())
+    assert [p.name for p in (runs["base"] / "logs" / "debug" / "runs").iterdir()] == ["two_node"]
+    run_dir = runs["run_dir"]
+    # only rank 0 writes the Hydra configs, the job log and the metrics
+    assert sorted(p.name for p in (run_dir / ".hydra").iterdir()) == [
+        "config.yaml",
+        "hydra.yaml",
+        "overrides.yaml",
+    ]
+    assert [p.name for p in run_dir.glob("*.log")] == ["train.log"]
+    assert len(list(run_dir.rglob("metrics.csv"))) == 1
+    # both ranks wrote their shard of each checkpoint directory
+    for step in (3, 6):
+        shards = sorted(p.name for p in (run_dir / "checkpoints" / f"step{step}.ckpt").glob("*.distcp"))
+        assert shards == ["__0_0.distcp", "__1_0.distcp"]
+
+
+def test_each_rank_holds_about_half_of_the_parameters(runs: dict) -> None:
+    ranks, total = runs["two_node"], runs["ref"]["total_numel"]
+    assert all(r["dtensor"] and r["placements"] == ["S(0)"] for r in ranks.values())  # Shard(0) on a 1-D mesh
+    assert all(r["total_numel"] == total for r in ranks.values())
+    assert sum(r["local_numel"] for r in ranks.values()) == total
+    for r in ranks.values():  # dim-0 chunks: uneven only by the odd rows of some tensors
+        assert abs(r["local_numel"] / total - 0.5) < 0.01, (r["local_numel"], total)
+
+
+def test_sharded_init_gives_the_weights_of_the_unsharded_init(runs: dict) -> None:
+    ref, sharded = runs["ref"]["init_stats"], runs["two_node"][0]["init_stats"]
+    assert sharded.keys() == ref.keys()
+    for name, (mean, std, abs_sum) in ref.items():
+        assert sharded[name] == pytest.approx([mean, std, abs_sum], rel=1e-6, abs=1e-9), name
+
+
+def test_first_losses_match_one_process_with_the_same_global_batch(runs: dict) -> None:
+    ref, sharded = runs["ref"]["losses"], runs["two_node"][0]["losses"]
+    assert sorted(map(int, sharded)) == list(range(1, STEPS + 1))
+    assert runs["two_node"][1]["losses"] == sharded  # every rank sees the same reduced loss
+    for step in map(str, range(1, STEPS + 1)):
+        assert math.isfinite(sharded[step])
+        assert sharded[step] == pytest.approx(ref[step], abs=2e-4), (step, sharded[step], ref[step])
+    assert ref["6"] < ref["1"]  # and it trains
+
+
+def test_sharded_checkpoint_resumes_to_the_same_losses_under_hybrid_sharding(runs: dict) -> None:
+    straight, resumed = runs["two_node"][0], runs["resumed"][0]
+    # HSDP mesh (replicate=2 nodes, shard=1 process per node): every rank holds all parameters
+    assert resumed["placements"] == ["R", "S(0)"] and resumed["local_numel"] == resumed["total_numel"]
+    assert resumed["global_step_at_start"] == 3
+    assert sorted(map(int, resumed["losses"])) == [4, 5, 6]
+    for step in ("4", "5", "6"):
+        assert resumed["losses"][step] == pytest.approx(straight["losses"][step], abs=1e-6), step
+
+
+def test_eval_reads_the_sharded_checkpoint_directory(runs: dict, make_cfg, tmp_path: Path) -> None:
+    ckpt = runs["run_dir"] / "checkpoints" / "step6.ckpt"
+    assert ckpt.is_dir() and read_checkpoint_extras(ckpt)["tokenizer"]
+    # one process, 4 batches of 4 = the 2 ranks x 2 batches x 4 the FSDP run tested
+    cfg = make_cfg("eval", [f"ckpt_path={ckpt}", "trainer.limit_test_batches=4"], out_dir=tmp_path)
+    metrics, _ = evaluate(cfg)
+    assert metrics["test/loss"] == pytest.approx(runs["two_node"][0]["metrics"]["test/loss"], abs=1e-5)
