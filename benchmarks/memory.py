@@ -31,8 +31,10 @@ VARIANTS = ("fp32", "ac", "bf16-mixed", "bf16-true")
 # suite -> [(label, depth, d_model, d_ffn, n_heads, variants)]; depth/steps flags adjust the ac suite
 SUITES = {
     "ac": [("narrow", None, 64, 256, 4, ("fp32", "ac"))],
-    "precision": [("narrow", 100, 64, 256, 4, ("fp32", "bf16-mixed", "bf16-true")),
-                  ("wide", 8, 512, 2048, 8, ("fp32", "bf16-mixed", "bf16-true"))],
+    "precision": [
+        ("narrow", 100, 64, 256, 4, ("fp32", "bf16-mixed", "bf16-true")),
+        ("wide", 8, 512, 2048, 8, ("fp32", "bf16-mixed", "bf16-true")),
+    ],
 }
 
 
@@ -57,8 +59,9 @@ def settle() -> float:
     return status_mb("VmRSS")
 
 
-def measure(depth: int, d_model: int, d_ffn: int, n_heads: int, variant: str,
-            args: argparse.Namespace) -> dict:
+def measure(
+    depth: int, d_model: int, d_ffn: int, n_heads: int, variant: str, args: argparse.Namespace
+) -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -67,8 +70,16 @@ def measure(depth: int, d_model: int, d_ffn: int, n_heads: int, variant: str,
     from normlab.models.init import build_model, materialize
 
     torch.manual_seed(0)
-    cfg = validate_model_config({"norm": args.norm, "depth": depth, "d_model": d_model, "n_heads": n_heads,
-                                 "d_ffn": d_ffn, "activation_checkpointing": variant == "ac"})
+    cfg = validate_model_config(
+        {
+            "norm": args.norm,
+            "depth": depth,
+            "d_model": d_model,
+            "n_heads": n_heads,
+            "d_ffn": d_ffn,
+            "activation_checkpointing": variant == "ac",
+        }
+    )
     model = build_model(cfg, args.vocab)
     if cfg.activation_checkpointing:
         apply_activation_checkpointing(model)
@@ -76,8 +87,9 @@ def measure(depth: int, d_model: int, d_ffn: int, n_heads: int, variant: str,
     if variant == "bf16-true":
         model = model.to(torch.bfloat16)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if variant == "bf16-mixed"
-                else contextlib.nullcontext())
+    autocast = (
+        torch.autocast("cpu", dtype=torch.bfloat16) if variant == "bf16-mixed" else contextlib.nullcontext()
+    )
     ids = torch.randint(0, args.vocab, (args.batch, args.seq + 1))
 
     def step() -> float:
@@ -98,16 +110,37 @@ def measure(depth: int, d_model: int, d_ffn: int, n_heads: int, variant: str,
         loss = step()
         times.append(time.perf_counter() - start)
     peak = status_mb("VmHWM")
-    return {"depth": depth, "d_model": d_model, "variant": variant, "step_s": statistics.median(times),
-            "rest_mb": rest, "peak_mb": peak, "act_mb": peak - rest, "loss": loss,
-            "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+    return {
+        "depth": depth,
+        "d_model": d_model,
+        "variant": variant,
+        "step_s": statistics.median(times),
+        "rest_mb": rest,
+        "peak_mb": peak,
+        "act_mb": peak - rest,
+        "loss": loss,
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+    }
 
 
 def run_one(shape: tuple, variant: str, args: argparse.Namespace) -> dict:
     label, depth, d_model, d_ffn, n_heads = shape
-    cmd = [sys.executable, __file__, "--one", str(depth), str(d_model), str(d_ffn), str(n_heads), variant,
-           f"--norm={args.norm}", f"--vocab={args.vocab}", f"--seq={args.seq}", f"--batch={args.batch}",
-           f"--steps={args.steps}", f"--warmup={args.warmup}"]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--one",
+        str(depth),
+        str(d_model),
+        str(d_ffn),
+        str(n_heads),
+        variant,
+        f"--norm={args.norm}",
+        f"--vocab={args.vocab}",
+        f"--seq={args.seq}",
+        f"--batch={args.batch}",
+        f"--steps={args.steps}",
+        f"--warmup={args.warmup}",
+    ]
     row = {"shape": label, "depth": depth, "d_model": d_model, "variant": variant}
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, check=True)
@@ -120,26 +153,35 @@ def run_one(shape: tuple, variant: str, args: argparse.Namespace) -> dict:
 
 
 def print_table(rows: list[dict], args: argparse.Namespace) -> None:
-    print(f"\nnorm={args.norm} seq={args.seq} batch={args.batch} vocab={args.vocab}; median of {args.steps} "
-          f"steps after {args.warmup} warm-up; ratios against fp32 of the same shape")
-    print("| shape | depth | d_model | variant | params (M) | step s | time ratio | rest MB | peak MB | "
-          "act MB | act ratio |")
+    print(
+        f"\nnorm={args.norm} seq={args.seq} batch={args.batch} vocab={args.vocab}; median of {args.steps} "
+        f"steps after {args.warmup} warm-up; ratios against fp32 of the same shape"
+    )
+    print(
+        "| shape | depth | d_model | variant | params (M) | step s | time ratio | rest MB | peak MB | "
+        "act MB | act ratio |"
+    )
     print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     base: dict[tuple, dict] = {}
     for r in rows:
         if "error" in r:
-            print(f"| {r['shape']} | {r['depth']} | {r['d_model']} | {r['variant']} | | {r['error']} |"
-                  " | | | | |")
+            print(
+                f"| {r['shape']} | {r['depth']} | {r['d_model']} | {r['variant']} | | {r['error']} |"
+                " | | | | |"
+            )
             continue
         ref = base.setdefault((r["depth"], r["d_model"]), r)
-        print(f"| {r['shape']} | {r['depth']} | {r['d_model']} | {r['variant']} | {r['params_m']:.1f} | "
-              f"{r['step_s']:.3f} | {r['step_s'] / ref['step_s']:.2f} | {r['rest_mb']:.0f} | "
-              f"{r['peak_mb']:.0f} | {r['act_mb']:.0f} | {r['act_mb'] / max(ref['act_mb'], 1e-9):.2f} |")
+        print(
+            f"| {r['shape']} | {r['depth']} | {r['d_model']} | {r['variant']} | {r['params_m']:.1f} | "
+            f"{r['step_s']:.3f} | {r['step_s'] / ref['step_s']:.2f} | {r['rest_mb']:.0f} | "
+            f"{r['peak_mb']:.0f} | {r['act_mb']:.0f} | {r['act_mb'] / max(ref['act_mb'], 1e-9):.2f} |"
+        )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--suite", nargs="+", choices=sorted(SUITES), default=["ac", "precision"])
     parser.add_argument("--depth", type=int, default=1000, help="depth of the ac suite")
     parser.add_argument("--norm", default="deepnorm")

@@ -63,8 +63,9 @@ class UpdateProbe(L.Callback):
         self._x = next(iter(trainer.datamodule.val_dataloader()))["input_ids"]
         self._h0 = self._hidden(pl_module)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
-                           batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         self.losses.append(float(loss))
         if trainer.global_step == 1 and self._h0 is not None:
@@ -82,14 +83,26 @@ def run_one(norm: str, args: argparse.Namespace, out_dir: Path, extra: list[str]
     from normlab.run import train
 
     overrides = [
-        f"model.norm={norm}", f"model.depth={args.depth}", f"model.d_model={args.d_model}",
-        f"model.n_heads={args.n_heads}", f"model.d_ffn={4 * args.d_model}",
-        f"data.seq_len={args.seq_len}", f"data.batch_size={args.batch_size}",
+        f"model.norm={norm}",
+        f"model.depth={args.depth}",
+        f"model.d_model={args.d_model}",
+        f"model.n_heads={args.n_heads}",
+        f"model.d_ffn={4 * args.d_model}",
+        f"data.seq_len={args.seq_len}",
+        f"data.batch_size={args.batch_size}",
         f"data.tokenizer.vocab_size={args.vocab}",
-        f"optim.lr={args.lr}", "optim.warmup_steps=0", "optim.schedule=constant",
-        f"trainer.max_steps={args.steps}", f"trainer.val_check_interval={args.steps}",
-        "trainer.accelerator=cpu", "trainer.log_every_n_steps=1", "+trainer.enable_progress_bar=false",
-        "test=false", "~logger", "callbacks=none", f"seed={args.seed}",
+        f"optim.lr={args.lr}",
+        "optim.warmup_steps=0",
+        "optim.schedule=constant",
+        f"trainer.max_steps={args.steps}",
+        f"trainer.val_check_interval={args.steps}",
+        "trainer.accelerator=cpu",
+        "trainer.log_every_n_steps=1",
+        "+trainer.enable_progress_bar=false",
+        "test=false",
+        "~logger",
+        "callbacks=none",
+        f"seed={args.seed}",
         "+callbacks.update_probe._target_=stability.UpdateProbe",
         *extra,
     ]
@@ -105,9 +118,13 @@ def run_one(norm: str, args: argparse.Namespace, out_dir: Path, extra: list[str]
     probe = next(c for c in objects["trainer"].callbacks if type(c).__name__ == "UpdateProbe")
     last = probe.losses[-10:]
     row = {
-        "norm": norm, "train": sum(last) / max(len(last), 1), "val": metrics.get("val/loss", math.nan),
-        "baseline": metrics.get("unigram_baseline", math.nan), "update": probe.update,
-        "rel": probe.rel_update, "seconds": seconds,
+        "norm": norm,
+        "train": sum(last) / max(len(last), 1),
+        "val": metrics.get("val/loss", math.nan),
+        "baseline": metrics.get("unigram_baseline", math.nan),
+        "update": probe.update,
+        "rel": probe.rel_update,
+        "seconds": seconds,
     }
     row["verdict"] = verdict(row["val"], row["baseline"])
     return row
@@ -135,8 +152,10 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "|---|---:|---:|---:|---:|---|",
     ]
     for r in rows:
-        lines.append(f"| `{r['norm']}` | {r['train']:.3f} | {r['val']:.3f} | {r['update']:.3g} | "
-                     f"{r['rel']:.3g} | {r['verdict']} |")
+        lines.append(
+            f"| `{r['norm']}` | {r['train']:.3f} | {r['val']:.3f} | {r['update']:.3g} | "
+            f"{r['rel']:.3g} | {r['verdict']} |"
+        )
     return "\n".join(lines)
 
 
@@ -153,8 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--variant", action="append", default=[], metavar="NAME:OVERRIDE[,...]",
-                        help="extra row, e.g. 'branchnorm(T=100):model.norm_args.max_norm_step=100'")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:OVERRIDE[,...]",
+        help="extra row, e.g. 'branchnorm(T=100):model.norm_args.max_norm_step=100'",
+    )
     parser.add_argument("--out", type=Path, help="also write the table to this Markdown file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -174,8 +198,11 @@ def main(argv: list[str] | None = None) -> int:
             row = run_one(norm, args, Path(tmp) / label, extra)
             row["norm"] = label
             rows.append(row)
-            print(f"[stability] {label}: train {row['train']:.3f} val {row['val']:.3f} update "
-                  f"{row['update']:.3g} ({row['verdict']}, {row['seconds']:.0f} s)", flush=True)
+            print(
+                f"[stability] {label}: train {row['train']:.3f} val {row['val']:.3f} update "
+                f"{row['update']:.3g} ({row['verdict']}, {row['seconds']:.0f} s)",
+                flush=True,
+            )
             if args.out:  # rewritten after every row, so an interrupted run keeps what it measured
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.write_text(table(rows, args) + "\n")

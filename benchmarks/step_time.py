@@ -44,9 +44,16 @@ def measure(norm: str, depth: int, variant: str, args: argparse.Namespace) -> di
     from normlab.models.init import build_model, materialize
 
     torch.manual_seed(0)
-    cfg = validate_model_config({"norm": norm, "depth": depth, "d_model": args.d_model,
-                                 "n_heads": args.heads, "d_ffn": 4 * args.d_model,
-                                 "activation_checkpointing": variant == "ac"})
+    cfg = validate_model_config(
+        {
+            "norm": norm,
+            "depth": depth,
+            "d_model": args.d_model,
+            "n_heads": args.heads,
+            "d_ffn": 4 * args.d_model,
+            "activation_checkpointing": variant == "ac",
+        }
+    )
     t0 = time.perf_counter()
     model = build_model(cfg, args.vocab)
     if cfg.activation_checkpointing:
@@ -56,8 +63,9 @@ def measure(norm: str, depth: int, variant: str, args: argparse.Namespace) -> di
     if variant == "bf16-true":
         model = model.to(torch.bfloat16)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=variant == "fused")
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if variant == "bf16-mixed"
-                else contextlib.nullcontext())
+    autocast = (
+        torch.autocast("cpu", dtype=torch.bfloat16) if variant == "bf16-mixed" else contextlib.nullcontext()
+    )
     ids = torch.randint(0, args.vocab, (args.batch, args.seq + 1))
     times = []
     for step in range(args.warmup + args.steps):
@@ -71,13 +79,23 @@ def measure(norm: str, depth: int, variant: str, args: argparse.Namespace) -> di
         if step >= args.warmup:
             times.append(time.perf_counter() - start)
     median = statistics.median(times)
-    return {"norm": norm, "depth": depth, "variant": variant, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-            "build_s": build_s, "step_s": median, "tokens_per_s": args.batch * args.seq / median,
-            "peak_mb": peak_rss_mb(), "loss": float(loss)}
+    return {
+        "norm": norm,
+        "depth": depth,
+        "variant": variant,
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "build_s": build_s,
+        "step_s": median,
+        "tokens_per_s": args.batch * args.seq / median,
+        "peak_mb": peak_rss_mb(),
+        "loss": float(loss),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--depths", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--norms", nargs="+", default=["deepnorm"])
     parser.add_argument("--variants", nargs="+", default=["fp32"], choices=VARIANTS)
@@ -99,20 +117,35 @@ def main() -> None:
         return
 
     rows = []
-    passthrough = [f"--d-model={args.d_model}", f"--heads={args.heads}", f"--vocab={args.vocab}",
-                   f"--seq={args.seq}", f"--batch={args.batch}", f"--steps={args.steps}", f"--warmup={args.warmup}"]
+    passthrough = [
+        f"--d-model={args.d_model}",
+        f"--heads={args.heads}",
+        f"--vocab={args.vocab}",
+        f"--seq={args.seq}",
+        f"--batch={args.batch}",
+        f"--steps={args.steps}",
+        f"--warmup={args.warmup}",
+    ]
     for depth in args.depths:
         for norm in args.norms:
             for variant in args.variants:
                 cmd = [sys.executable, __file__, "--one", norm, str(depth), variant, *passthrough]
                 try:
-                    out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, check=True)
+                    out = subprocess.run(
+                        cmd, capture_output=True, text=True, timeout=args.timeout, check=True
+                    )
                     rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
                 except subprocess.TimeoutExpired:
                     rows.append({"norm": norm, "depth": depth, "variant": variant, "error": "timeout"})
                 except subprocess.CalledProcessError as err:
-                    rows.append({"norm": norm, "depth": depth, "variant": variant,
-                                 "error": err.stderr.strip().splitlines()[-1] if err.stderr else "failed"})
+                    rows.append(
+                        {
+                            "norm": norm,
+                            "depth": depth,
+                            "variant": variant,
+                            "error": err.stderr.strip().splitlines()[-1] if err.stderr else "failed",
+                        }
+                    )
                 print_row(rows[-1], rows)
     print()
     print_table(rows, args)
@@ -124,12 +157,16 @@ def print_row(row: dict, rows: list[dict]) -> None:
     if "error" in row:
         print(f"# {row['norm']} depth {row['depth']} {row['variant']}: {row['error']}", flush=True)
     else:
-        print(f"# {row['norm']} depth {row['depth']} {row['variant']}: {row['step_s']:.3f} s/step", flush=True)
+        print(
+            f"# {row['norm']} depth {row['depth']} {row['variant']}: {row['step_s']:.3f} s/step", flush=True
+        )
 
 
 def print_table(rows: list[dict], args: argparse.Namespace) -> None:
-    print(f"d_model={args.d_model} heads={args.heads} seq={args.seq} batch={args.batch} vocab={args.vocab} "
-          f"steps={args.steps} (median after {args.warmup} warm-up steps)")
+    print(
+        f"d_model={args.d_model} heads={args.heads} seq={args.seq} batch={args.batch} vocab={args.vocab} "
+        f"steps={args.steps} (median after {args.warmup} warm-up steps)"
+    )
     header = "| norm | depth | variant | params (M) | build s | step s | ratio | tokens/s | peak RSS MB |"
     print(header)
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
@@ -139,8 +176,10 @@ def print_table(rows: list[dict], args: argparse.Namespace) -> None:
             print(f"| {row['norm']} | {row['depth']} | {row['variant']} | | | {row['error']} | | | |")
             continue
         ref = base.setdefault(row["depth"], row["step_s"])
-        print(f"| {row['norm']} | {row['depth']} | {row['variant']} | {row['params_m']:.1f} | {row['build_s']:.1f} | "
-              f"{row['step_s']:.3f} | {row['step_s'] / ref:.2f} | {row['tokens_per_s']:.0f} | {row['peak_mb']:.0f} |")
+        cells = [row["norm"], row["depth"], row["variant"], f"{row['params_m']:.1f}", f"{row['build_s']:.1f}"]
+        cells += [f"{row['step_s']:.3f}", f"{row['step_s'] / ref:.2f}", f"{row['tokens_per_s']:.0f}"]
+        cells += [f"{row['peak_mb']:.0f}"]
+        print("| " + " | ".join(str(c) for c in cells) + " |")
 
 
 if __name__ == "__main__":

@@ -55,7 +55,9 @@ def compose_config(config_name: str, overrides: list[str], out_dir: Path, data_d
 def make_cfg(tmp_path: Path, data_dir: Path):
     """``make_cfg("train", ["experiment=debug", ...])`` -> a composed config under tmp_path."""
 
-    def _make(config_name: str = "train", overrides: list[str] | None = None, out_dir: Path | None = None) -> DictConfig:
+    def _make(
+        config_name: str = "train", overrides: list[str] | None = None, out_dir: Path | None = None
+    ) -> DictConfig:
         return compose_config(config_name, overrides or [], out_dir or tmp_path, data_dir)
 
     return _make

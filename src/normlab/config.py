@@ -190,13 +190,11 @@ def validate_model_config(values: Any) -> ModelConfig:
     _validate_depth_split(cfg)
     if cfg.share_embeddings and cfg.arch != "encoder_decoder":
         raise ConfigError(
-            f"model.share_embeddings: only meaningful for arch=encoder_decoder (arch={cfg.arch}); "
-            "remove it"
+            f"model.share_embeddings: only meaningful for arch=encoder_decoder (arch={cfg.arch}); remove it"
         )
     if cfg.init_from is not None and cfg.arch != "encoder":
         raise ConfigError(
-            f"model.init_from: loads a masked-LM encoder, only for arch=encoder (arch={cfg.arch}); "
-            "remove it"
+            f"model.init_from: loads a masked-LM encoder, only for arch=encoder (arch={cfg.arch}); remove it"
         )
     from normlab.norms import registry  # late import: the registry imports this module
 

@@ -73,11 +73,19 @@ class FSDP2Strategy(ModelParallelStrategy):
         reduce_dtype: str | None = None,
         save_distributed_checkpoint: bool = True,
     ) -> None:
-        check_fsdp_args(sharding=sharding, layers_per_unit=layers_per_unit, param_dtype=param_dtype,
-                        reshard_after_forward=reshard_after_forward, reduce_dtype=reduce_dtype,
-                        save_distributed_checkpoint=save_distributed_checkpoint)
-        super().__init__(data_parallel_size="auto", tensor_parallel_size=1,
-                         save_distributed_checkpoint=save_distributed_checkpoint)
+        check_fsdp_args(
+            sharding=sharding,
+            layers_per_unit=layers_per_unit,
+            param_dtype=param_dtype,
+            reshard_after_forward=reshard_after_forward,
+            reduce_dtype=reduce_dtype,
+            save_distributed_checkpoint=save_distributed_checkpoint,
+        )
+        super().__init__(
+            data_parallel_size="auto",
+            tensor_parallel_size=1,
+            save_distributed_checkpoint=save_distributed_checkpoint,
+        )
         self.sharding, self.layers_per_unit = sharding, layers_per_unit
         self.reshard_after_forward = reshard_after_forward
         self.param_dtype, self.reduce_dtype = param_dtype, reduce_dtype
@@ -171,8 +179,12 @@ def apply_fsdp(net: nn.Module, strategy: FSDP2Strategy) -> nn.Module:
 
     mesh, policy = strategy.shard_mesh(), strategy.mp_policy()
     for unit in shard_units(net, strategy.layers_per_unit):
-        fully_shard(unit if len(unit) > 1 else unit[0], mesh=mesh, mp_policy=policy,
-                    reshard_after_forward=strategy.reshard_after_forward)
+        fully_shard(
+            unit if len(unit) > 1 else unit[0],
+            mesh=mesh,
+            mp_policy=policy,
+            reshard_after_forward=strategy.reshard_after_forward,
+        )
     fully_shard(net, mesh=mesh, mp_policy=policy)
     for name in ROOT_METHODS:
         if callable(getattr(net, name, None)):

@@ -69,8 +69,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     datamodule = _instantiate("data", cfg.data)
     tokenizer = datamodule.prepare_tokenizer()
     task = _instantiate(
-        "task", cfg.task, model=dataclasses.asdict(model_cfg), optim=dataclasses.asdict(optim_cfg),
-        vocab_size=tokenizer.vocab_size, data=data_cfg, seed=cfg.seed,
+        "task",
+        cfg.task,
+        model=dataclasses.asdict(model_cfg),
+        optim=dataclasses.asdict(optim_cfg),
+        vocab_size=tokenizer.vocab_size,
+        data=data_cfg,
+        seed=cfg.seed,
     )
     task.tokenizer_json = tokenizer.to_json()
 
@@ -86,7 +91,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     log_description(loggers, description, cfg)
     baseline = getattr(datamodule, "unigram_baseline", None)
     if baseline is not None:
-        rank_zero_print(f"unigram baseline (val cross-entropy of train token frequencies): {baseline:.4f} nats")
+        rank_zero_print(
+            f"unigram baseline (val cross-entropy of train token frequencies): {baseline:.4f} nats"
+        )
 
     trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = _scalars(trainer.callback_metrics)
@@ -96,8 +103,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         metrics.update(_scalars(results[0] if results else {}))
     if baseline is not None:
         metrics["unigram_baseline"] = float(baseline)
-    objects = {"cfg": cfg, "datamodule": datamodule, "task": task, "trainer": trainer,
-               "description": description}
+    objects = {
+        "cfg": cfg,
+        "datamodule": datamodule,
+        "task": task,
+        "trainer": trainer,
+        "description": description,
+    }
     return metrics, objects
 
 
@@ -105,7 +117,9 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Test a checkpoint; the model, tokenizer and data settings all come from the checkpoint."""
     ckpt_path = Path(str(cfg.ckpt_path))
     if not ckpt_path.exists():
-        raise ConfigError(f"ckpt_path: {ckpt_path} does not exist; pass ckpt_path=<run dir>/checkpoints/last.ckpt")
+        raise ConfigError(
+            f"ckpt_path: {ckpt_path} does not exist; pass ckpt_path=<run dir>/checkpoints/last.ckpt"
+        )
     from normlab import distributed
 
     extra = distributed.read_checkpoint_extras(ckpt_path)
@@ -133,8 +147,12 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     out_dir = Path(str(cfg.paths.output_dir))
     if trainer.is_global_zero:
         out_dir.mkdir(parents=True, exist_ok=True)
-        report = {"ckpt_path": str(ckpt_path), "metrics": metrics,
-                  "model": task.hparams["model"], "norm": task.norm_strategy.describe()}
+        report = {
+            "ckpt_path": str(ckpt_path),
+            "metrics": metrics,
+            "model": task.hparams["model"],
+            "norm": task.norm_strategy.describe(),
+        }
         (out_dir / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
         rank_zero_print(f"metrics written to {out_dir / 'metrics.json'}")
     return metrics, {"cfg": cfg, "task": task, "trainer": trainer, "datamodule": datamodule}

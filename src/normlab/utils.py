@@ -43,8 +43,10 @@ def _fmt(value: Any) -> str:
 
 def format_description(description: dict[str, Any]) -> str:
     """The strategy's resolved constants as an aligned block, one stack per section."""
-    lines = [f"norm strategy: {description['norm']}  (arch={description['arch']}, "
-             f"N={description['encoder_depth']}, M={description['decoder_depth']})"]
+    lines = [
+        f"norm strategy: {description['norm']}  (arch={description['arch']}, "
+        f"N={description['encoder_depth']}, M={description['decoder_depth']})"
+    ]
     if description.get("args"):
         lines.append("  args: " + ", ".join(f"{k}={_fmt(v)}" for k, v in description["args"].items()))
     for stack in ("encoder", "decoder"):
@@ -106,7 +108,7 @@ def check_model_overrides(argv: list[str]) -> None:
     valid = {f.name for f in dataclasses.fields(ModelConfig)}
     for arg in argv:
         if arg.startswith("model.") and "=" in arg:
-            key = arg.split("=", 1)[0][len("model."):].split(".", 1)[0]
+            key = arg.split("=", 1)[0][len("model.") :].split(".", 1)[0]
             if key not in valid:
                 sys.stderr.write(
                     f"normlab: error: model.{key}: unknown key; valid keys are: {', '.join(sorted(valid))}\n"

@@ -65,8 +65,16 @@ def torchrun(
     procs = []
     for log in logs:
         with log.open("w") as out:
-            procs.append(subprocess.Popen(["bash", str(TORCHRUN), *overrides], cwd=cwd, env=env, stdout=out,
-                                          stderr=subprocess.STDOUT, start_new_session=True))
+            procs.append(
+                subprocess.Popen(
+                    ["bash", str(TORCHRUN), *overrides],
+                    cwd=cwd,
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
     deadline = time.monotonic() + timeout
     try:
         for proc in procs:

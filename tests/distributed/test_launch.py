@@ -22,8 +22,16 @@ from normlab.errors import ConfigError
 from normlab.models.init import build_model
 
 ROOT = Path(__file__).resolve().parents[2]
-LAUNCH_VARS = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "NORMLAB_RUN_ID", "SLURM_JOB_ID",
-               "SLURM_STEP_ID", "TORCHELASTIC_RUN_ID")
+LAUNCH_VARS = (
+    "RANK",
+    "SLURM_PROCID",
+    "LOCAL_RANK",
+    "NODE_RANK",
+    "NORMLAB_RUN_ID",
+    "SLURM_JOB_ID",
+    "SLURM_STEP_ID",
+    "TORCHELASTIC_RUN_ID",
+)
 
 
 @pytest.fixture
@@ -50,8 +58,16 @@ def test_run_id_comes_from_the_command_line_then_the_launcher(clean_env: pytest.
     assert distributed.run_id("from-cli") == "from-cli"
 
 
-@pytest.mark.parametrize("env, rank", [({}, 0), ({"RANK": "3"}, 3), ({"SLURM_PROCID": "5"}, 5),
-                                       ({"LOCAL_RANK": "1"}, 1), ({"NODE_RANK": "1", "LOCAL_RANK": "0"}, 1)])
+@pytest.mark.parametrize(
+    "env, rank",
+    [
+        ({}, 0),
+        ({"RANK": "3"}, 3),
+        ({"SLURM_PROCID": "5"}, 5),
+        ({"LOCAL_RANK": "1"}, 1),
+        ({"NODE_RANK": "1", "LOCAL_RANK": "0"}, 1),
+    ],
+)
 def test_launch_rank_before_any_process_group(clean_env: pytest.MonkeyPatch, env: dict, rank: int) -> None:
     for key, value in env.items():
         clean_env.setenv(key, value)
@@ -86,8 +102,12 @@ def test_blocks_group_into_fsdp_units_within_each_stack() -> None:
     units = distributed.shard_units(net, 2)
     assert [len(u) for u in units] == [2, 2, 1]
     assert [m for u in units for m in u] == list(net.decoder.layers)
-    seq2seq = build_model(validate_model_config({"arch": "encoder_decoder", "depth": 8, "d_model": 16,
-                                                 "n_heads": 2, "d_ffn": 32}), 64)
+    seq2seq = build_model(
+        validate_model_config(
+            {"arch": "encoder_decoder", "depth": 8, "d_model": 16, "n_heads": 2, "d_ffn": 32}
+        ),
+        64,
+    )
     units = distributed.shard_units(seq2seq, 3)  # 4 encoder + 4 decoder layers: units never mix stacks
     assert [len(u) for u in units] == [3, 1, 3, 1]
     assert units[1][0] is seq2seq.encoder.layers[3] and units[2][0] is seq2seq.decoder.layers[0]
@@ -107,8 +127,13 @@ def test_a_directory_without_metadata_is_not_a_checkpoint(tmp_path: Path) -> Non
 
 def _script(env: dict[str, str]) -> subprocess.CompletedProcess:
     full = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS} | env
-    return subprocess.run(["bash", str(ROOT / "scripts" / "torchrun.sh"), "experiment=debug"], env=full,
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        ["bash", str(ROOT / "scripts" / "torchrun.sh"), "experiment=debug"],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def test_torchrun_script_refuses_multi_node_without_run_id_or_endpoint() -> None:

@@ -25,8 +25,9 @@ TIMEOUT = 240
 
 def run(args: list[str], tmp_path: Path, timeout: int = TIMEOUT) -> subprocess.CompletedProcess:
     env = dict(os.environ, NORMLAB_RUN_ID=tmp_path.name, HYDRA_FULL_ERROR="0")
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
@@ -40,7 +41,9 @@ def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
         ("model.d_model=65", ["model.d_model", "n_heads"]),
     ],
 )
-def test_train_bad_model_input_is_one_line_and_exit_2(override: str, names: list[str], tmp_path: Path) -> None:
+def test_train_bad_model_input_is_one_line_and_exit_2(
+    override: str, names: list[str], tmp_path: Path
+) -> None:
     proc = run(["train.py", override, f"paths.log_dir={tmp_path}"], tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = error_lines(proc)
@@ -58,8 +61,13 @@ def test_eval_missing_checkpoint_is_one_line(tmp_path: Path) -> None:
 
 
 def test_describe_prints_deepnorm_constants_for_1000_layers() -> None:
-    proc = subprocess.run([sys.executable, "-m", "normlab.describe", "--json", "model.norm=deepnorm",
-                           "model.depth=1000"], cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "normlab.describe", "--json", "model.norm=deepnorm", "model.depth=1000"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert proc.returncode == 0, proc.stderr
     described = json.loads(proc.stdout)
     alpha, beta = deepnorm_constants("decoder", "decoder", 0, 1000)
@@ -70,8 +78,13 @@ def test_describe_prints_deepnorm_constants_for_1000_layers() -> None:
 
 
 def test_describe_list_names_every_strategy() -> None:
-    proc = subprocess.run([sys.executable, "-m", "normlab.describe", "--list"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=TIMEOUT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "normlab.describe", "--list"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert proc.returncode == 0, proc.stderr
     assert set(proc.stdout.split()) >= set(registered_names())
 
@@ -79,17 +92,34 @@ def test_describe_list_names_every_strategy() -> None:
 @pytest.mark.slow
 def test_depth_1000_deepnorm_from_the_command_line(tmp_path: Path) -> None:
     """The headline command, cut to 3 optimizer steps: finite loss, a checkpoint, constants printed."""
-    proc = run(["train.py", "model.norm=deepnorm", "model.depth=1000", "trainer.max_steps=3",
-                "trainer.val_check_interval=3", "trainer.limit_val_batches=1", "test=false",
-                "trainer.log_every_n_steps=1",
-                "data.seq_len=32", "data.batch_size=4", "callbacks.rich_progress_bar=null",
-                "logger=csv", f"paths.log_dir={tmp_path}"], tmp_path, timeout=600)
+    proc = run(
+        [
+            "train.py",
+            "model.norm=deepnorm",
+            "model.depth=1000",
+            "trainer.max_steps=3",
+            "trainer.val_check_interval=3",
+            "trainer.limit_val_batches=1",
+            "test=false",
+            "trainer.log_every_n_steps=1",
+            "data.seq_len=32",
+            "data.batch_size=4",
+            "callbacks.rich_progress_bar=null",
+            "logger=csv",
+            f"paths.log_dir={tmp_path}",
+        ],
+        tmp_path,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "alpha=" in proc.stdout and "M=1000" in proc.stdout
     run_dir = tmp_path / "train" / "runs" / tmp_path.name
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     metrics = (next(run_dir.rglob("metrics.csv"))).read_text().splitlines()
     header = metrics[0].split(",")
-    losses = [float(row.split(",")[header.index("train/loss")]) for row in metrics[1:]
-              if row.split(",")[header.index("train/loss")]]
+    losses = [
+        float(row.split(",")[header.index("train/loss")])
+        for row in metrics[1:]
+        if row.split(",")[header.index("train/loss")]
+    ]
     assert losses and all(loss == loss and loss < 20 for loss in losses)

@@ -21,8 +21,16 @@ from normlab.run import evaluate, train
 
 pytestmark = pytest.mark.slow
 
-TINY = ["model.depth=2", "model.d_model=32", "model.n_heads=2", "model.d_ffn=64", "model.dropout=0.0",
-        "logger=csv", "~callbacks.rich_progress_bar", "trainer.log_every_n_steps=1"]
+TINY = [
+    "model.depth=2",
+    "model.d_model=32",
+    "model.n_heads=2",
+    "model.d_ffn=64",
+    "model.dropout=0.0",
+    "logger=csv",
+    "~callbacks.rich_progress_bar",
+    "trainer.log_every_n_steps=1",
+]
 
 
 def _train_losses(run_dir: Path) -> list[float]:
@@ -31,12 +39,23 @@ def _train_losses(run_dir: Path) -> list[float]:
 
 
 def test_pretrain_then_finetune_then_eval(make_cfg, tmp_path: Path) -> None:
-    mlm_cfg = make_cfg("train", ["experiment=mlm_pretrain", *TINY, "data.seq_len=64",
-                                 "data.batch_size=16", "data.tokenizer.vocab_size=512",
-                                 "trainer.max_steps=80", "trainer.val_check_interval=40",
-                                 "trainer.limit_val_batches=4", "trainer.limit_test_batches=4",
-                                 "optim.lr=3e-3", "optim.warmup_steps=10"],
-                       out_dir=tmp_path / "mlm")
+    mlm_cfg = make_cfg(
+        "train",
+        [
+            "experiment=mlm_pretrain",
+            *TINY,
+            "data.seq_len=64",
+            "data.batch_size=16",
+            "data.tokenizer.vocab_size=512",
+            "trainer.max_steps=80",
+            "trainer.val_check_interval=40",
+            "trainer.limit_val_batches=4",
+            "trainer.limit_test_batches=4",
+            "optim.lr=3e-3",
+            "optim.warmup_steps=10",
+        ],
+        out_dir=tmp_path / "mlm",
+    )
     mlm_metrics, mlm = train(mlm_cfg)
     losses = _train_losses(tmp_path / "mlm")
     assert len(losses) == 80
@@ -47,11 +66,21 @@ def test_pretrain_then_finetune_then_eval(make_cfg, tmp_path: Path) -> None:
     assert 0.0 < mlm_metrics["test/acc"] < 1.0
 
     ckpt = tmp_path / "mlm" / "checkpoints" / "last.ckpt"
-    ft_cfg = make_cfg("train", ["experiment=mrpc_finetune", *TINY, f"model.init_from={ckpt}",
-                                "data.max_len=64", "trainer.max_steps=60",
-                                "trainer.val_check_interval=30", "trainer.limit_test_batches=8",
-                                "optim.lr=1e-3", "optim.warmup_steps=5"],
-                      out_dir=tmp_path / "ft")
+    ft_cfg = make_cfg(
+        "train",
+        [
+            "experiment=mrpc_finetune",
+            *TINY,
+            f"model.init_from={ckpt}",
+            "data.max_len=64",
+            "trainer.max_steps=60",
+            "trainer.val_check_interval=30",
+            "trainer.limit_test_batches=8",
+            "optim.lr=1e-3",
+            "optim.warmup_steps=5",
+        ],
+        out_dir=tmp_path / "ft",
+    )
     ft_metrics, ft = train(ft_cfg)
     assert ft["datamodule"].tokenizer.to_json() == mlm["task"].tokenizer_json  # tokenizer came along
     losses = _train_losses(tmp_path / "ft")
@@ -65,8 +94,9 @@ def test_pretrain_then_finetune_then_eval(make_cfg, tmp_path: Path) -> None:
     assert (w1 - w0).norm() / w0.norm() < 0.3
 
     best = ft["trainer"].checkpoint_callback.best_model_path
-    eval_cfg = make_cfg("eval", [f"ckpt_path={best}", "trainer.limit_test_batches=8"],
-                        out_dir=tmp_path / "eval")
+    eval_cfg = make_cfg(
+        "eval", [f"ckpt_path={best}", "trainer.limit_test_batches=8"], out_dir=tmp_path / "eval"
+    )
     metrics, _ = evaluate(eval_cfg)
     assert metrics["test/acc"] == pytest.approx(ft_metrics["test/acc"], abs=1e-6)
     assert metrics["test/f1"] == pytest.approx(ft_metrics["test/f1"], abs=1e-6)
@@ -82,11 +112,20 @@ def test_thousand_layer_upscale_ln_encoder_trains_a_step(data_dir) -> None:
     from normlab.data.mlm import MLMDataModule
     from normlab.tasks.mlm import MaskedLMTask
 
-    dm = MLMDataModule(data_dir=str(data_dir), seq_len=32, batch_size=4,
-                       tokenizer={"vocab_size": 512})
+    dm = MLMDataModule(data_dir=str(data_dir), seq_len=32, batch_size=4, tokenizer={"vocab_size": 512})
     batch = next(iter(dm.val_dataloader()))
-    task = MaskedLMTask(model={"arch": "encoder", "norm": "upscale_ln", "depth": 1000, "d_model": 16,
-                               "n_heads": 2, "d_ffn": 32}, optim={}, vocab_size=dm.tokenizer.vocab_size)
+    task = MaskedLMTask(
+        model={
+            "arch": "encoder",
+            "norm": "upscale_ln",
+            "depth": 1000,
+            "d_model": 16,
+            "n_heads": 2,
+            "d_ffn": 32,
+        },
+        optim={},
+        vocab_size=dm.tokenizer.vocab_size,
+    )
     task.configure_model()
     residual = task.net.encoder.encoder.layers[0].ffn_residual
     assert residual.alpha == pytest.approx(2000**0.25)  # (2N)^(1/4) = 6.687

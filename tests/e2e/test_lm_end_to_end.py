@@ -17,13 +17,15 @@ from normlab.run import evaluate, train
 
 pytestmark = pytest.mark.slow
 
-DEBUG = ["experiment=debug", "logger=tensorboard", "callbacks=default",
-         "~callbacks.rich_progress_bar"]
+DEBUG = ["experiment=debug", "logger=tensorboard", "callbacks=default", "~callbacks.rich_progress_bar"]
 
 
 def test_train_then_eval_from_checkpoint_alone(make_cfg, tmp_path: Path) -> None:
-    cfg = make_cfg("train", DEBUG + ["trainer.max_steps=150", "trainer.val_check_interval=50",
-                                     "model.depth=2", "optim.lr=1e-2"], out_dir=tmp_path / "train")
+    cfg = make_cfg(
+        "train",
+        DEBUG + ["trainer.max_steps=150", "trainer.val_check_interval=50", "model.depth=2", "optim.lr=1e-2"],
+        out_dir=tmp_path / "train",
+    )
     metrics, objects = train(cfg)
     baseline = metrics["unigram_baseline"]
     assert math.log(512) > baseline > 3.0
@@ -36,8 +38,9 @@ def test_train_then_eval_from_checkpoint_alone(make_cfg, tmp_path: Path) -> None
     assert list((tmp_path / "train" / "tensorboard").rglob("events.out.tfevents*"))
 
     best = objects["trainer"].checkpoint_callback.best_model_path
-    eval_cfg = make_cfg("eval", [f"ckpt_path={best}", "trainer.limit_test_batches=4"],
-                        out_dir=tmp_path / "eval")
+    eval_cfg = make_cfg(
+        "eval", [f"ckpt_path={best}", "trainer.limit_test_batches=4"], out_dir=tmp_path / "eval"
+    )
     eval_metrics, _ = evaluate(eval_cfg)
     assert eval_metrics["test/loss"] == pytest.approx(metrics["test/loss"], abs=1e-4)
     report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
@@ -47,17 +50,23 @@ def test_train_then_eval_from_checkpoint_alone(make_cfg, tmp_path: Path) -> None
 
 def test_resume_from_last_checkpoint_continues_identically(make_cfg, tmp_path: Path) -> None:
     """Train 20 steps straight vs 10 steps + resume to 20: same weights at the end."""
-    common = DEBUG + ["trainer.val_check_interval=10", "test=false", "model.norm=deepnorm",
-                      "optim.schedule=constant",
-                      "logger=csv"]
+    common = DEBUG + [
+        "trainer.val_check_interval=10",
+        "test=false",
+        "model.norm=deepnorm",
+        "optim.schedule=constant",
+        "logger=csv",
+    ]
     straight_cfg = make_cfg("train", common + ["trainer.max_steps=20"], out_dir=tmp_path / "a")
     _, straight = train(straight_cfg)
     first_cfg = make_cfg("train", common + ["trainer.max_steps=10"], out_dir=tmp_path / "b")
     train(first_cfg)
     # max_steps must equal the straight run's so the LR schedule is the same function of step
-    resume_cfg = make_cfg("train", common + ["trainer.max_steps=20",
-                                             f"ckpt_path={tmp_path / 'b' / 'checkpoints' / 'last.ckpt'}"],
-                          out_dir=tmp_path / "c")
+    resume_cfg = make_cfg(
+        "train",
+        common + ["trainer.max_steps=20", f"ckpt_path={tmp_path / 'b' / 'checkpoints' / 'last.ckpt'}"],
+        out_dir=tmp_path / "c",
+    )
     _, resumed = train(resume_cfg)
     assert resumed["trainer"].global_step == 20
     a = straight["task"].net.state_dict()

@@ -32,11 +32,25 @@ def _one_thread():
     yield
     torch.set_num_threads(before)
 
+
 ROOT = Path(__file__).resolve().parents[2]
-DEEP = ["experiment=debug", "model.depth=48", "model.d_model=32", "model.n_heads=2", "model.d_ffn=64",
-        "data.seq_len=32", "data.batch_size=4", "data.tokenizer.vocab_size=512",
-        "trainer.max_steps=3", "trainer.val_check_interval=3", "trainer.limit_val_batches=1",
-        "optim.warmup_steps=0", "test=false", "~logger", "callbacks=none"]
+DEEP = [
+    "experiment=debug",
+    "model.depth=48",
+    "model.d_model=32",
+    "model.n_heads=2",
+    "model.d_ffn=64",
+    "data.seq_len=32",
+    "data.batch_size=4",
+    "data.tokenizer.vocab_size=512",
+    "trainer.max_steps=3",
+    "trainer.val_check_interval=3",
+    "trainer.limit_val_batches=1",
+    "optim.warmup_steps=0",
+    "test=false",
+    "~logger",
+    "callbacks=none",
+]
 
 
 @pytest.mark.parametrize("norm", registered_names())
@@ -57,12 +71,28 @@ def test_every_strategy_trains_a_48_layer_decoder(norm: str, make_cfg, tmp_path:
 def test_headline_command_branchnorm_depth_1000(data_dir: Path, tmp_path: Path) -> None:
     """``python train.py model.norm=branchnorm model.depth=1000``: no strategy argument needed
     (max_norm_step has a documented default); only width/steps are shrunk for the test."""
-    cmd = [sys.executable, str(ROOT / "train.py"), "model.norm=branchnorm", "model.depth=1000",
-           "model.d_model=16", "model.n_heads=2", "model.d_ffn=32", "data.seq_len=16",
-           "data.batch_size=2", "data.tokenizer.vocab_size=512", "trainer.max_steps=1",
-           "trainer.val_check_interval=1", "trainer.limit_val_batches=1", "trainer.accelerator=cpu",
-           "test=false", "~logger", "callbacks=none", f"paths.data_dir={data_dir}",
-           f"paths.log_dir={tmp_path / 'logs'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "model.norm=branchnorm",
+        "model.depth=1000",
+        "model.d_model=16",
+        "model.n_heads=2",
+        "model.d_ffn=32",
+        "data.seq_len=16",
+        "data.batch_size=2",
+        "data.tokenizer.vocab_size=512",
+        "trainer.max_steps=1",
+        "trainer.val_check_interval=1",
+        "trainer.limit_val_batches=1",
+        "trainer.accelerator=cpu",
+        "test=false",
+        "~logger",
+        "callbacks=none",
+        f"paths.data_dir={data_dir}",
+        f"paths.log_dir={tmp_path / 'logs'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

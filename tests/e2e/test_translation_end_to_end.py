@@ -22,9 +22,19 @@ from normlab.models.init import build_model, materialize
 from normlab.norms.base import PostNormResidual
 from normlab.run import evaluate, train
 
-TINY = ["experiment=mt_multi30k", "model.depth=2", "model.d_model=64", "model.n_heads=4", "model.d_ffn=128",
-        "model.dropout=0.0", "data.tokenizer.vocab_size=1000", "data.max_tokens=1024",
-        "data.eval_max_tokens=2048", "optim.lr=3e-3", "optim.warmup_steps=10"]
+TINY = [
+    "experiment=mt_multi30k",
+    "model.depth=2",
+    "model.d_model=64",
+    "model.n_heads=4",
+    "model.d_ffn=128",
+    "model.dropout=0.0",
+    "data.tokenizer.vocab_size=1000",
+    "data.max_tokens=1024",
+    "data.eval_max_tokens=2048",
+    "optim.lr=3e-3",
+    "optim.warmup_steps=10",
+]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -53,10 +63,17 @@ def target_unigram_baseline(datamodule) -> float:
 
 @pytest.mark.slow
 def test_train_then_eval_translation_from_checkpoint_alone(make_cfg, tmp_path: Path) -> None:
-    overrides = TINY + ["logger=csv", "callbacks=default", "~callbacks.rich_progress_bar",
-                        "trainer.max_steps=200", "trainer.val_check_interval=100",
-                        "trainer.limit_val_batches=4", "trainer.limit_test_batches=3",
-                        "task.val_bleu_size=40", "task.beam_size=3"]
+    overrides = TINY + [
+        "logger=csv",
+        "callbacks=default",
+        "~callbacks.rich_progress_bar",
+        "trainer.max_steps=200",
+        "trainer.val_check_interval=100",
+        "trainer.limit_val_batches=4",
+        "trainer.limit_test_batches=3",
+        "task.val_bleu_size=40",
+        "task.beam_size=3",
+    ]
     cfg = make_cfg("train", overrides, out_dir=tmp_path / "train")
     metrics, objects = train(cfg)
     baseline = target_unigram_baseline(objects["datamodule"])
@@ -68,8 +85,9 @@ def test_train_then_eval_translation_from_checkpoint_alone(make_cfg, tmp_path: P
     assert "val/bleu" in metrics
 
     best = objects["trainer"].checkpoint_callback.best_model_path
-    eval_cfg = make_cfg("eval", [f"ckpt_path={best}", "trainer.limit_test_batches=3"],
-                        out_dir=tmp_path / "eval")
+    eval_cfg = make_cfg(
+        "eval", [f"ckpt_path={best}", "trainer.limit_test_batches=3"], out_dir=tmp_path / "eval"
+    )
     eval_metrics, eval_objects = evaluate(eval_cfg)
     assert eval_metrics["test/bleu"] == pytest.approx(metrics["test/bleu"], abs=1e-6)
     assert eval_metrics["test/loss"] == pytest.approx(metrics["test/loss"], abs=1e-5)
@@ -84,8 +102,11 @@ def test_train_then_eval_translation_from_checkpoint_alone(make_cfg, tmp_path: P
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]["test/chrf"] > 10.0
 
     # decoding settings are overridable at eval time without retraining
-    greedy_cfg = make_cfg("eval", [f"ckpt_path={best}", "trainer.limit_test_batches=1",
-                                   "+task_overrides.beam_size=1"], out_dir=tmp_path / "eval_greedy")
+    greedy_cfg = make_cfg(
+        "eval",
+        [f"ckpt_path={best}", "trainer.limit_test_batches=1", "+task_overrides.beam_size=1"],
+        out_dir=tmp_path / "eval_greedy",
+    )
     evaluate(greedy_cfg)
     assert (tmp_path / "eval_greedy" / "hypotheses" / "test_2016_flickr.de-en.beam1.en").exists()
 
@@ -94,13 +115,25 @@ def _alphas(stack) -> set[float]:
     return {round(m.alpha, 9) for m in stack.modules() if isinstance(m, PostNormResidual)}
 
 
-@pytest.mark.parametrize(("n", "m", "enc", "dec"), [
-    (6, 6, (1.417938, 0.496989), (2.059767, 0.343295)),  # norms.md section 8, check 3
-    (12, 6, (1.686222, 0.417916), (2.059767, 0.343295)),
-])
+@pytest.mark.parametrize(
+    ("n", "m", "enc", "dec"),
+    [
+        (6, 6, (1.417938, 0.496989), (2.059767, 0.343295)),  # norms.md section 8, check 3
+        (12, 6, (1.686222, 0.417916), (2.059767, 0.343295)),
+    ],
+)
 def test_deepnorm_constants_per_side_of_an_encoder_decoder(n, m, enc, dec) -> None:
-    cfg = validate_model_config(dict(arch="encoder_decoder", norm="deepnorm", depth=n + m, encoder_depth=n,
-                                     d_model=128, n_heads=4, d_ffn=512))
+    cfg = validate_model_config(
+        dict(
+            arch="encoder_decoder",
+            norm="deepnorm",
+            depth=n + m,
+            encoder_depth=n,
+            d_model=128,
+            n_heads=4,
+            d_ffn=512,
+        )
+    )
     net = materialize(build_model(cfg, 64), "cpu", seed=0)
     assert _alphas(net.encoder) == {round(0.81 * (n**4 * m) ** (1 / 16), 9)}
     assert _alphas(net.decoder) == {round((3 * m) ** 0.25, 9)}
@@ -119,7 +152,7 @@ def test_deepnorm_constants_per_side_of_an_encoder_decoder(n, m, enc, dec) -> No
 
     for stack, (_, beta) in ((net.encoder, enc), (net.decoder, dec)):
         attn = [layer.self_attn for layer in stack.layers]
-        v = [a.qkv_proj.weight[2 * d:] for a in attn]
+        v = [a.qkv_proj.weight[2 * d :] for a in attn]
         q = [a.qkv_proj.weight[:d] for a in attn]
         out = [a.out_proj.weight for a in attn]
         assert std(v) == pytest.approx(beta * xavier, rel=0.03)
@@ -135,10 +168,24 @@ def test_deepnorm_constants_per_side_of_an_encoder_decoder(n, m, enc, dec) -> No
 @pytest.mark.slow
 def test_thousand_layer_encoder_decoder_trains_a_step(make_cfg, tmp_path: Path) -> None:
     """DeepNet's 1,000-layer model counts 500 encoder + 500 decoder layers: model.depth=1000."""
-    cfg = make_cfg("train", TINY + ["model.norm=deepnorm", "model.depth=1000", "model.d_model=32",
-                                    "model.n_heads=2", "model.d_ffn=64", "data.max_tokens=128",
-                                    "trainer.max_steps=1", "trainer.limit_val_batches=0", "test=false",
-                                    "callbacks=none", "logger=csv"], out_dir=tmp_path)
+    cfg = make_cfg(
+        "train",
+        TINY
+        + [
+            "model.norm=deepnorm",
+            "model.depth=1000",
+            "model.d_model=32",
+            "model.n_heads=2",
+            "model.d_ffn=64",
+            "data.max_tokens=128",
+            "trainer.max_steps=1",
+            "trainer.limit_val_batches=0",
+            "test=false",
+            "callbacks=none",
+            "logger=csv",
+        ],
+        out_dir=tmp_path,
+    )
     metrics, objects = train(cfg)
     net = objects["task"].net
     assert (len(net.encoder.layers), len(net.decoder.layers)) == (500, 500)

@@ -63,8 +63,12 @@ def test_ints_widen_to_float_but_not_bool_to_int() -> None:
 
 @pytest.mark.parametrize(
     ("values", "key"),
-    [({"lr": -1.0}, "optim.lr"), ({"schedule": "exp"}, "optim.schedule"),
-     ({"betas": [0.9]}, "optim.betas"), ({"lr_max": 1.0}, "optim.lr_max")],
+    [
+        ({"lr": -1.0}, "optim.lr"),
+        ({"schedule": "exp"}, "optim.schedule"),
+        ({"betas": [0.9]}, "optim.betas"),
+        ({"lr_max": 1.0}, "optim.lr_max"),
+    ],
 )
 def test_bad_optim_config(values: dict, key: str) -> None:
     with pytest.raises(ConfigError) as err:

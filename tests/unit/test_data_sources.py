@@ -135,9 +135,7 @@ def test_bad_mirror_content_is_rejected_and_both_sources_reported(
     assert not (folder / "input.txt").exists() and not list(folder.glob(".*.part"))
 
 
-def test_canonical_gzipped_origin_is_gunzipped(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_canonical_gzipped_origin_is_gunzipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     origin = tmp_path / "origin" / "val.fr.gz"
     origin.parent.mkdir()
     origin.write_bytes(gzip.compress((MIRROR / "multi30k" / "val.fr").read_bytes()))

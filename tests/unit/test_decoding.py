@@ -38,8 +38,18 @@ def _one_thread():
 
 def make_net(norm: str = "preln", vocab: int = 40, depth: int = 4, seed: int = 0, d_model: int = 32):
     """Untied embeddings: with tied ones a random model just repeats its input token."""
-    cfg = validate_model_config(dict(arch="encoder_decoder", norm=norm, depth=depth, d_model=d_model,
-                                     n_heads=4, d_ffn=64, share_embeddings=False, tie_embeddings=False))
+    cfg = validate_model_config(
+        dict(
+            arch="encoder_decoder",
+            norm=norm,
+            depth=depth,
+            d_model=d_model,
+            n_heads=4,
+            d_ffn=64,
+            share_embeddings=False,
+            tie_embeddings=False,
+        )
+    )
     return materialize(build_model(cfg, vocab), "cpu", seed=seed).eval()
 
 
@@ -95,8 +105,9 @@ def test_cached_decoding_equals_uncached(norm: str) -> None:
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=2e-5, rtol=1e-4)
     limit = torch.tensor([12, 6, 12])
     cached = greedy_decode(net, src, mask, bos_id=BOS, eos_id=EOS, max_len=limit, banned=BANNED)
-    uncached = greedy_decode(net, src, mask, bos_id=BOS, eos_id=EOS, max_len=limit, banned=BANNED,
-                             use_cache=False)
+    uncached = greedy_decode(
+        net, src, mask, bos_id=BOS, eos_id=EOS, max_len=limit, banned=BANNED, use_cache=False
+    )
     assert cached == uncached
     assert all(len(h) <= n for h, n in zip(cached, limit.tolist(), strict=True))
 
@@ -115,8 +126,9 @@ def test_cached_decoder_is_fed_one_token_per_step() -> None:
     net.decode = spy
     greedy_decode(net, src, mask, bos_id=BOS, eos_id=EOS, max_len=torch.tensor([10, 10]), banned=BANNED)
     n_greedy = len(fed)
-    beam_search(net, src, mask, beam_size=3, bos_id=BOS, eos_id=EOS, max_len=torch.tensor([10, 10]),
-                banned=BANNED)
+    beam_search(
+        net, src, mask, beam_size=3, bos_id=BOS, eos_id=EOS, max_len=torch.tensor([10, 10]), banned=BANNED
+    )
     assert n_greedy >= 2 and len(fed) > n_greedy
     assert set(fed) == {1}
 
@@ -127,8 +139,17 @@ def test_beam_one_equals_greedy(length_penalty: float) -> None:
     src, mask = make_src([5, 11, 8, 3, 9, 6], vocab=40, seed=4)
     limit = max_lengths(mask, 1.5, 2)
     greedy = greedy_decode(net, src, mask, bos_id=BOS, eos_id=EOS, max_len=limit, banned=BANNED)
-    beam = beam_search(net, src, mask, beam_size=1, bos_id=BOS, eos_id=EOS, max_len=limit,
-                       length_penalty=length_penalty, banned=BANNED)
+    beam = beam_search(
+        net,
+        src,
+        mask,
+        beam_size=1,
+        bos_id=BOS,
+        eos_id=EOS,
+        max_len=limit,
+        length_penalty=length_penalty,
+        banned=BANNED,
+    )
     assert beam == greedy
     lengths = {len(h) for h in greedy}
     assert len(lengths) > 1, "test is only meaningful if hypotheses end at different lengths"
@@ -158,8 +179,17 @@ def test_wide_beam_finds_the_exact_best_hypothesis(length_penalty: float) -> Non
             score = _sequence_logprob(net, src, mask, list(hyp)) / (n + 1) ** length_penalty
             if score > best_score:
                 best, best_score = list(hyp), score
-    found = beam_search(net, src, mask, beam_size=40, bos_id=BOS, eos_id=EOS, max_len=torch.tensor([3]),
-                        length_penalty=length_penalty, banned=BANNED)
+    found = beam_search(
+        net,
+        src,
+        mask,
+        beam_size=40,
+        bos_id=BOS,
+        eos_id=EOS,
+        max_len=torch.tensor([3]),
+        length_penalty=length_penalty,
+        banned=BANNED,
+    )
     assert found == [best]
 
 
@@ -171,8 +201,16 @@ def test_batched_beam_search_equals_one_sentence_at_a_time() -> None:
     limit = max_lengths(mask, 1.2, 3)
     batched = beam_search(net, src, mask, beam_size=4, bos_id=BOS, eos_id=EOS, max_len=limit, banned=BANNED)
     for i, n in enumerate(lengths):
-        alone = beam_search(net, src[i : i + 1, :n], mask[i : i + 1, :n], beam_size=4, bos_id=BOS, eos_id=EOS,
-                            max_len=limit[i : i + 1], banned=BANNED)
+        alone = beam_search(
+            net,
+            src[i : i + 1, :n],
+            mask[i : i + 1, :n],
+            beam_size=4,
+            bos_id=BOS,
+            eos_id=EOS,
+            max_len=limit[i : i + 1],
+            banned=BANNED,
+        )
         assert alone == [batched[i]]
         assert len(batched[i]) <= int(limit[i])
         assert not set(batched[i]) & set(range(SPECIALS))

@@ -54,14 +54,29 @@ def test_exact_encoder_constants() -> None:
     a, b = deepnorm_constants("encoder_decoder", "encoder", 1, 1, exact=True)
     assert a == pytest.approx(0.813841, abs=1e-6)
     assert b == pytest.approx(0.868851, abs=1e-6)
-    cfg = validate_model_config({"arch": "encoder_decoder", "norm": "deepnorm", "depth": 2,
-                                 "norm_args": {"encdec_constants": "exact"}})
+    cfg = validate_model_config(
+        {
+            "arch": "encoder_decoder",
+            "norm": "deepnorm",
+            "depth": 2,
+            "norm_args": {"encdec_constants": "exact"},
+        }
+    )
     assert build_strategy(cfg).alpha_beta("encoder")[0] == pytest.approx(0.813841, abs=1e-6)
 
 
 def _model(arch: str, norm: str, depth: int, d_model: int = 64, seed: int = 0, **extra):
-    cfg = validate_model_config({"arch": arch, "norm": norm, "depth": depth, "d_model": d_model,
-                                 "n_heads": 4, "d_ffn": 4 * d_model, **extra})
+    cfg = validate_model_config(
+        {
+            "arch": arch,
+            "norm": norm,
+            "depth": depth,
+            "d_model": d_model,
+            "n_heads": 4,
+            "d_ffn": 4 * d_model,
+            **extra,
+        }
+    )
     return materialize(build_model(cfg, vocab_size=50), "cpu", seed=seed)
 
 
@@ -72,9 +87,9 @@ def test_init_statistics_beta_only_on_v_out_ffn() -> None:
     model = _model("encoder", "deepnorm", 24, d_model=d, norm_layer="layernorm")
     att = model.encoder.layers[5].self_attn
     w = att.qkv_proj.weight
-    assert w[2 * d:].std().item() == pytest.approx(0.009694, rel=0.05)
+    assert w[2 * d :].std().item() == pytest.approx(0.009694, rel=0.05)
     assert w[:d].std().item() == pytest.approx(0.036084, rel=0.05)
-    assert w[d:2 * d].std().item() == pytest.approx(0.036084, rel=0.05)
+    assert w[d : 2 * d].std().item() == pytest.approx(0.036084, rel=0.05)
     assert att.out_proj.weight.std().item() == pytest.approx(0.009694, rel=0.05)
     ffn = model.encoder.layers[5].ffn
     beta = 0.268642
@@ -91,7 +106,7 @@ def test_encoder_decoder_cross_attention_uses_decoder_beta() -> None:
     assert cross.out_proj.weight.std().item() == pytest.approx(0.343295 * xavier, rel=0.05)
     assert cross.kv_proj.weight[:d].std().item() == pytest.approx(xavier, rel=0.05)
     assert cross.q_proj.weight.std().item() == pytest.approx(xavier, rel=0.05)
-    enc_v = model.encoder.layers[2].self_attn.qkv_proj.weight[2 * d:]
+    enc_v = model.encoder.layers[2].self_attn.qkv_proj.weight[2 * d :]
     assert enc_v.std().item() == pytest.approx(0.496989 * xavier, rel=0.05)
 
 
@@ -100,7 +115,9 @@ def test_alpha_beta_one_is_exactly_postln(arch: str) -> None:
     """norms.md §8.5: same params, same input -> bit-identical outputs."""
     deep = _model(arch, "deepnorm", 4, seed=3, norm_args={"alpha": 1.0, "beta": 1.0})
     post = _model(arch, "postln", 4, seed=3)
-    assert all(torch.equal(a, b) for a, b in zip(deep.state_dict().values(), post.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b) for a, b in zip(deep.state_dict().values(), post.state_dict().values(), strict=True)
+    )
     ids = torch.randint(0, 50, (2, 9))
     mask = torch.ones(2, 9, dtype=torch.bool)
     if arch == "decoder":
@@ -117,8 +134,11 @@ def test_deepnorm_is_post_ln_without_final_norm(arch: str) -> None:
     """§8.7 / §8.11b: DeepNorm stacks are Post-LN (norm after the add) with no final norm,
     unlike torchscale's DecoderConfig(deepnorm=True) default."""
     model = _model(arch, "deepnorm", 4)
-    stacks = [m for m in (getattr(model, "encoder", None), getattr(model, "decoder", None))
-              if m is not None and hasattr(m, "layers")]
+    stacks = [
+        m
+        for m in (getattr(model, "encoder", None), getattr(model, "decoder", None))
+        if m is not None and hasattr(m, "layers")
+    ]
     for stack in stacks:
         assert stack.final_norm is None
         res = stack.layers[0].ffn_residual

@@ -22,8 +22,15 @@ TOKENIZER = '{"model": "pretend tokenizer A"}'  # init_from compares the json st
 
 
 def _trainer(**kwargs) -> L.Trainer:
-    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, **kwargs)
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
 
 
 def _loader(*batches: dict[str, torch.Tensor]) -> DataLoader:
@@ -41,8 +48,7 @@ def _pair_batch() -> dict[str, torch.Tensor]:
     ids, segments = pair_windows(torch.randint(7, V, (3 * 17,)), 20)
     mask = torch.ones_like(ids, dtype=torch.bool)
     mask[0, -4:] = False
-    return {"input_ids": ids, "segments": segments, "padding_mask": mask,
-            "labels": torch.tensor([1, 0, 1])}
+    return {"input_ids": ids, "segments": segments, "padding_mask": mask, "labels": torch.tensor([1, 0, 1])}
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +63,12 @@ def mlm_ckpt(tmp_path_factory) -> tuple[Path, MaskedLMTask]:
     return path, task
 
 
-def _classifier(path: Path, tokenizer: str = TOKENIZER, vocab_size: int = V,
-                **model) -> PairClassificationTask:
-    task = PairClassificationTask(model={**MODEL, "init_from": str(path), **model}, optim={},
-                                  vocab_size=vocab_size, seed=22)
+def _classifier(
+    path: Path, tokenizer: str = TOKENIZER, vocab_size: int = V, **model
+) -> PairClassificationTask:
+    task = PairClassificationTask(
+        model={**MODEL, "init_from": str(path), **model}, optim={}, vocab_size=vocab_size, seed=22
+    )
     task.tokenizer_json = tokenizer
     return task
 
@@ -103,10 +111,12 @@ def test_load_from_checkpoint_does_not_need_the_mlm_file(mlm_ckpt, tmp_path: Pat
 
 @pytest.mark.parametrize(
     ("change", "message"),
-    [({"d_model": 64, "n_heads": 2}, r"^model.d_model: 64 here but 32 in the pretraining checkpoint"),
-     ({"norm": "preln"}, r"^model.norm: 'preln' here but 'postln' .*set model.norm='postln'"),
-     ({"depth": 3}, r"^model.depth: 3 here but 2"),
-     ({"vocab_size": V + 1}, r"^model.init_from: encoder tensor 'embed.weight' has shape \(300, 32\)")],
+    [
+        ({"d_model": 64, "n_heads": 2}, r"^model.d_model: 64 here but 32 in the pretraining checkpoint"),
+        ({"norm": "preln"}, r"^model.norm: 'preln' here but 'postln' .*set model.norm='postln'"),
+        ({"depth": 3}, r"^model.depth: 3 here but 2"),
+        ({"vocab_size": V + 1}, r"^model.init_from: encoder tensor 'embed.weight' has shape \(300, 32\)"),
+    ],
 )
 def test_shape_and_architecture_mismatches_fail_in_one_line(mlm_ckpt, change, message) -> None:
     path, _ = mlm_ckpt

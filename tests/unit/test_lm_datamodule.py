@@ -91,9 +91,7 @@ def test_unigram_baseline_matches_independent_computation(dm: LMDataModule) -> N
     assert dm.unigram_baseline == pytest.approx(expected, rel=1e-9)
 
 
-def test_second_run_uses_caches(
-    dm: LMDataModule, data_root: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_second_run_uses_caches(dm: LMDataModule, data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def forbidden(*args: object, **kwargs: object) -> None:
         raise AssertionError("cache miss: retrained or re-encoded")
 

@@ -57,8 +57,11 @@ def test_selected_tokens_are_80_masked_10_random_10_kept() -> None:
     kept_or_same = selected & (inputs == ids)
     # a random replacement equals the original with probability 1/(V-7); count it as "random"
     p_same = 1.0 / (V - N_SPECIAL)
-    for count, p in ((masked.sum(), 0.8), (changed.sum(), 0.1 * (1 - p_same)),
-                     (kept_or_same.sum(), 0.1 + 0.1 * p_same)):
+    for count, p in (
+        (masked.sum(), 0.8),
+        (changed.sum(), 0.1 * (1 - p_same)),
+        (kept_or_same.sum(), 0.1 + 0.1 * p_same),
+    ):
         sd = math.sqrt(n * p * (1 - p))
         assert abs(int(count) - n * p) < 4 * sd, (int(count), n * p)
     random_ids = inputs[changed]
@@ -100,8 +103,12 @@ def test_pair_windows_pack_cls_a_sep_b_sep_with_segments() -> None:
 def test_mlm_loss_is_cross_entropy_on_selected_positions_only() -> None:
     from normlab.tasks.mlm import MaskedLMTask
 
-    task = MaskedLMTask(model={"arch": "encoder", "depth": 2, "d_model": 32, "n_heads": 2,
-                               "d_ffn": 64}, optim={}, vocab_size=V, seed=3)
+    task = MaskedLMTask(
+        model={"arch": "encoder", "depth": 2, "d_model": 32, "n_heads": 2, "d_ffn": 64},
+        optim={},
+        vocab_size=V,
+        seed=3,
+    )
     task.configure_model()
     task.eval()
     ids, segments = pair_windows(torch.randint(N_SPECIAL, V, (4 * 29,)), 32)
@@ -126,8 +133,7 @@ def test_bad_masking_settings_fail_in_one_line(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_real_corpus_examples_and_masking(data_dir) -> None:
-    dm = MLMDataModule(data_dir=str(data_dir), seq_len=64, batch_size=16,
-                       tokenizer={"vocab_size": 512})
+    dm = MLMDataModule(data_dir=str(data_dir), seq_len=64, batch_size=16, tokenizer={"vocab_size": 512})
     dm.setup()
     n = {s: len(dm.ids[s]) for s in ("train", "val", "test")}
     assert n["train"] > 10 * n["val"] > 0 and n["test"] > 0

@@ -17,8 +17,9 @@ V = 40
 
 
 def make(arch: str, norm: str = "preln", depth: int = 4, seed: int = 0, **extra):
-    cfg = validate_model_config({"arch": arch, "norm": norm, "depth": depth, "d_model": 32,
-                                 "n_heads": 4, "d_ffn": 64, **extra})
+    cfg = validate_model_config(
+        {"arch": arch, "norm": norm, "depth": depth, "d_model": 32, "n_heads": 4, "d_ffn": 64, **extra}
+    )
     return materialize(build_model(cfg, vocab_size=V), "cpu", seed=seed)
 
 
@@ -78,7 +79,7 @@ def test_decoder_cached_decoding_equals_full_forward(norm: str) -> None:
     cache = [{} for _ in range(len(model.decoder.layers))]
     steps = [model(ids[:, :4], cache=cache)]
     for t in range(4, 9):
-        steps.append(model(ids[:, t:t + 1], cache=cache, start=t))
+        steps.append(model(ids[:, t : t + 1], cache=cache, start=t))
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
@@ -92,7 +93,7 @@ def test_encoder_decoder_cached_decoding_equals_full_forward(pos: str) -> None:
     memory = model.encode(src, src_mask)
     full = model.decode(tgt, memory, src_mask)
     cache = model.new_cache()
-    steps = [model.decode(tgt[:, t:t + 1], memory, src_mask, cache=cache, start=t) for t in range(6)]
+    steps = [model.decode(tgt[:, t : t + 1], memory, src_mask, cache=cache, start=t) for t in range(6)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
@@ -108,8 +109,17 @@ def test_padding_does_not_change_encoder_outputs_of_real_tokens() -> None:
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_activation_checkpointing_gives_identical_gradients(arch: str) -> None:
-    cfg = validate_model_config({"arch": arch, "norm": "deepnorm", "depth": 4, "d_model": 32,
-                                 "n_heads": 4, "d_ffn": 64, "dropout": 0.0})
+    cfg = validate_model_config(
+        {
+            "arch": arch,
+            "norm": "deepnorm",
+            "depth": 4,
+            "d_model": 32,
+            "n_heads": 4,
+            "d_ffn": 64,
+            "dropout": 0.0,
+        }
+    )
     plain = materialize(build_model(cfg, V), "cpu", seed=5)
     ckpt = apply_activation_checkpointing(build_model(cfg, V))
     materialize(ckpt, "cpu", seed=5)
@@ -129,5 +139,6 @@ def test_depth_1000_builds_on_meta_without_storage() -> None:
     model = build_model(cfg, vocab_size=V)
     assert all(p.is_meta for p in model.parameters())
     assert len(model.decoder.layers) == 1000
-    assert sum(p.numel() for p in model.parameters()) == 1000 * (4 * 32 * 32 + 2 * 32 * 64) + V * 32 + 1000 * (
-        3 * 32 + 32 + 64 + 32 + 4 * 32)  # weights + biases + 2 LayerNorms per layer
+    assert sum(p.numel() for p in model.parameters()) == 1000 * (
+        4 * 32 * 32 + 2 * 32 * 64
+    ) + V * 32 + 1000 * (3 * 32 + 32 + 64 + 32 + 4 * 32)  # weights + biases + 2 LayerNorms per layer

@@ -20,8 +20,9 @@ V = 50
 
 
 def _model(arch: str, depth: int, seed: int = 0, norm: str = "admin", **extra):
-    cfg = validate_model_config({"arch": arch, "norm": norm, "depth": depth, "d_model": 32,
-                                 "n_heads": 4, "d_ffn": 64, **extra})
+    cfg = validate_model_config(
+        {"arch": arch, "norm": norm, "depth": depth, "d_model": 32, "n_heads": 4, "d_ffn": 64, **extra}
+    )
     return materialize(build_model(cfg, vocab_size=V), "cpu", seed=seed)
 
 
@@ -35,8 +36,11 @@ def _forward(model, arch: str, ids: torch.Tensor) -> torch.Tensor:
 
 
 def _stacks(model):
-    return [s for s in (getattr(model, "encoder", None), getattr(model, "decoder", None))
-            if s is not None and hasattr(s, "layers")]
+    return [
+        s
+        for s in (getattr(model, "encoder", None), getattr(model, "decoder", None))
+        if s is not None and hasattr(s, "layers")
+    ]
 
 
 def _residuals(block):

@@ -22,8 +22,9 @@ V = 50
 
 
 def _cfg(norm: str = "branchnorm", arch: str = "decoder", depth: int = 4, **extra):
-    return validate_model_config({"arch": arch, "norm": norm, "depth": depth, "d_model": 32,
-                                  "n_heads": 4, "d_ffn": 64, **extra})
+    return validate_model_config(
+        {"arch": arch, "norm": norm, "depth": depth, "d_model": 32, "n_heads": 4, "d_ffn": 64, **extra}
+    )
 
 
 def _model(norm: str = "branchnorm", arch: str = "decoder", depth: int = 4, seed: int = 0, **extra):
@@ -42,11 +43,20 @@ def _run(model, arch: str, ids: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize(
     ("decay", "step", "expected"),
     [
-        ("linear", 0, 1.0), ("linear", 25, 0.75), ("linear", 50, 0.5), ("linear", 99, 0.01),
-        ("linear", 100, 0.0), ("linear", 10_000, 0.0),
-        ("cosine", 0, 1.0), ("cosine", 25, (1 + math.cos(math.pi / 4)) / 2), ("cosine", 50, 0.5),
-        ("cosine", 100, 0.0), ("cosine", 150, 0.0),
-        ("step", 0, 1.0), ("step", 99, 1.0), ("step", 100, 0.0),
+        ("linear", 0, 1.0),
+        ("linear", 25, 0.75),
+        ("linear", 50, 0.5),
+        ("linear", 99, 0.01),
+        ("linear", 100, 0.0),
+        ("linear", 10_000, 0.0),
+        ("cosine", 0, 1.0),
+        ("cosine", 25, (1 + math.cos(math.pi / 4)) / 2),
+        ("cosine", 50, 0.5),
+        ("cosine", 100, 0.0),
+        ("cosine", 150, 0.0),
+        ("step", 0, 1.0),
+        ("step", 99, 1.0),
+        ("step", 100, 0.0),
     ],
 )
 def test_exponent_schedule(decay: str, step: int, expected: float) -> None:
@@ -177,12 +187,17 @@ def test_describe_shows_schedule_and_current_value() -> None:
 @pytest.mark.parametrize(
     ("norm_args", "message"),
     [
-        ({"max_norm_stp": 10}, r"model\.norm_args\.max_norm_stp: unknown key; valid keys are: "
-                               r"max_norm_step=4000, decay='linear', eps=1e-05"),
+        (
+            {"max_norm_stp": 10},
+            r"model\.norm_args\.max_norm_stp: unknown key; valid keys are: "
+            r"max_norm_step=4000, decay='linear', eps=1e-05",
+        ),
         ({"max_norm_step": "soon"}, r"model\.norm_args\.max_norm_step: expected int.*max_norm_step=4000"),
         ({"max_norm_step": 0}, r"model\.norm_args\.max_norm_step: must be >= 1"),
-        ({"decay": "exponential"},
-         r"model\.norm_args\.decay: 'exponential' is not one of linear, cosine, step"),
+        (
+            {"decay": "exponential"},
+            r"model\.norm_args\.decay: 'exponential' is not one of linear, cosine, step",
+        ),
         ({"eps": -1.0}, r"model\.norm_args\.eps: must be > 0"),
     ],
 )

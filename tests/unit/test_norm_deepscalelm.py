@@ -19,16 +19,35 @@ ARCHS = ["decoder", "encoder", "encoder_decoder"]
 V = 50
 
 
-def _model(arch: str, depth: int, d_model: int = 32, d_ffn: int | None = None, seed: int = 0,
-           norm: str = "deepscalelm", **extra):
-    cfg = validate_model_config({"arch": arch, "norm": norm, "depth": depth, "d_model": d_model,
-                                 "n_heads": 4, "d_ffn": d_ffn or 4 * d_model, **extra})
+def _model(
+    arch: str,
+    depth: int,
+    d_model: int = 32,
+    d_ffn: int | None = None,
+    seed: int = 0,
+    norm: str = "deepscalelm",
+    **extra,
+):
+    cfg = validate_model_config(
+        {
+            "arch": arch,
+            "norm": norm,
+            "depth": depth,
+            "d_model": d_model,
+            "n_heads": 4,
+            "d_ffn": d_ffn or 4 * d_model,
+            **extra,
+        }
+    )
     return materialize(build_model(cfg, vocab_size=V), "cpu", seed=seed)
 
 
 def _stacks(model):
-    return [s for s in (getattr(model, "encoder", None), getattr(model, "decoder", None))
-            if s is not None and hasattr(s, "layers")]
+    return [
+        s
+        for s in (getattr(model, "encoder", None), getattr(model, "decoder", None))
+        if s is not None and hasattr(s, "layers")
+    ]
 
 
 def test_constants_n24_k2() -> None:
@@ -93,7 +112,7 @@ def test_init_statistics() -> None:
     assert block.ffn.fc1.weight.std().item() == pytest.approx(0.052556, rel=0.05)
     assert block.ffn.fc2.weight.std().item() == pytest.approx(0.052556, rel=0.05)
     w = block.self_attn.qkv_proj.weight
-    for rows in (w[:d], w[d:2 * d], w[2 * d:], block.self_attn.out_proj.weight):
+    for rows in (w[:d], w[d : 2 * d], w[2 * d :], block.self_attn.out_proj.weight):
         assert rows.std().item() == pytest.approx(0.0625, rel=0.05)
     assert model.embed(torch.arange(V)).var().item() == pytest.approx(1.0, rel=0.1)  # unit-variance input
 

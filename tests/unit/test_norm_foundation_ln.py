@@ -16,12 +16,22 @@ V = 50
 
 
 def _cfg(arch: str = "decoder", depth: int = 4, **extra):
-    return validate_model_config({"arch": arch, "norm": "foundation_ln", "depth": depth, "d_model": 32,
-                                  "n_heads": 4, "d_ffn": 64, **extra})
+    return validate_model_config(
+        {
+            "arch": arch,
+            "norm": "foundation_ln",
+            "depth": depth,
+            "d_model": 32,
+            "n_heads": 4,
+            "d_ffn": 64,
+            **extra,
+        }
+    )
 
 
-@pytest.mark.parametrize(("arch", "depth"), [("decoder", 6), ("decoder", 1000), ("encoder", 24),
-                                             ("encoder_decoder", 12)])
+@pytest.mark.parametrize(
+    ("arch", "depth"), [("decoder", 6), ("decoder", 1000), ("encoder", 24), ("encoder_decoder", 12)]
+)
 def test_alpha_is_0974_whatever_the_depth(arch: str, depth: int) -> None:
     strategy = build_strategy(_cfg(arch, depth))
     description = strategy.describe()
@@ -53,8 +63,9 @@ def test_alpha_is_configurable_and_validated() -> None:
 def test_standard_init_and_alpha_one_is_post_ln(arch: str) -> None:
     found = materialize(build_model(_cfg(arch), V), "cpu", seed=4)
     one = materialize(build_model(_cfg(arch, norm_args={"alpha": 1.0}), V), "cpu", seed=4)
-    post_cfg = validate_model_config({"arch": arch, "norm": "postln", "depth": 4, "d_model": 32,
-                                      "n_heads": 4, "d_ffn": 64})
+    post_cfg = validate_model_config(
+        {"arch": arch, "norm": "postln", "depth": 4, "d_model": 32, "n_heads": 4, "d_ffn": 64}
+    )
     post = materialize(build_model(post_cfg, V), "cpu", seed=4)
     for a, b in zip(found.state_dict().values(), post.state_dict().values(), strict=True):
         assert torch.equal(a, b)

@@ -27,8 +27,9 @@ D, H = 32, 4
 
 
 def _cfg(norm: str = "hybridnorm", arch: str = "decoder", depth: int = 4, **extra):
-    return validate_model_config({"arch": arch, "norm": norm, "depth": depth, "d_model": D,
-                                  "n_heads": H, "d_ffn": 64, **extra})
+    return validate_model_config(
+        {"arch": arch, "norm": norm, "depth": depth, "d_model": D, "n_heads": H, "d_ffn": 64, **extra}
+    )
 
 
 def _model(norm: str = "hybridnorm", arch: str = "decoder", depth: int = 4, seed: int = 0, **extra):
@@ -36,8 +37,11 @@ def _model(norm: str = "hybridnorm", arch: str = "decoder", depth: int = 4, seed
 
 
 def _stacks(model) -> list:
-    return [s for s in (getattr(model, "encoder", None), getattr(model, "decoder", None))
-            if s is not None and hasattr(s, "layers")]
+    return [
+        s
+        for s in (getattr(model, "encoder", None), getattr(model, "decoder", None))
+        if s is not None and hasattr(s, "layers")
+    ]
 
 
 def _norms(module: nn.Module) -> list[nn.Module]:
@@ -160,8 +164,11 @@ def test_megatron_init_constants_of_the_released_config() -> None:
     std_in, std_out = megatron_stds(2048, 16)
     assert std_in == pytest.approx(0.013975424859373685, rel=1e-12)
     assert std_out == pytest.approx(0.0024705, abs=5e-8)
-    strategy = build_strategy(validate_model_config(
-        {"norm": "hybridnorm", "depth": 16, "d_model": 2048, "n_heads": 16, "d_ffn": 8192}))
+    strategy = build_strategy(
+        validate_model_config(
+            {"norm": "hybridnorm", "depth": 16, "d_model": 2048, "n_heads": 16, "d_ffn": 8192}
+        )
+    )
     site = Site("decoder", 3, "self_attn")
     for role in (Role.Q, Role.K, Role.V, Role.FFN_IN):
         spec = strategy.init_spec(site, role)
@@ -176,20 +183,32 @@ def test_megatron_init_statistics() -> None:
     """Sampled weights: std = sigma * 0.98658 (a normal truncated at +-3 sigma), never beyond
     3 sigma; norms have gain 1; init=xavier restores the template's Xavier-normal init."""
     d, depth = 256, 4
-    cfg = {"arch": "decoder", "norm": "hybridnorm_star", "depth": depth, "d_model": d, "n_heads": 4,
-           "d_ffn": 4 * d, "norm_layer": "rmsnorm"}
+    cfg = {
+        "arch": "decoder",
+        "norm": "hybridnorm_star",
+        "depth": depth,
+        "d_model": d,
+        "n_heads": 4,
+        "d_ffn": 4 * d,
+        "norm_layer": "rmsnorm",
+    }
     model = materialize(build_model(validate_model_config(cfg), V), "cpu", seed=0)
     trunc = math.sqrt(1 - 6 * math.exp(-4.5) / math.sqrt(2 * math.pi) / math.erf(3 / math.sqrt(2)))
     assert trunc == pytest.approx(0.98658, abs=1e-5)
     std_in, std_out = megatron_stds(d, depth)
     layer = model.decoder.layers[2]
-    for w, std in ((layer.self_attn.qkv_proj.weight, std_in), (layer.ffn.fc1.weight, std_in),
-                   (layer.self_attn.out_proj.weight, std_out), (layer.ffn.fc2.weight, std_out)):
+    for w, std in (
+        (layer.self_attn.qkv_proj.weight, std_in),
+        (layer.ffn.fc1.weight, std_in),
+        (layer.self_attn.out_proj.weight, std_out),
+        (layer.ffn.fc2.weight, std_out),
+    ):
         assert w.std().item() == pytest.approx(std * trunc, rel=0.03)
         assert w.abs().max().item() <= 3 * std + 1e-7
     assert all(torch.equal(n.weight, torch.ones_like(n.weight)) for n in _norms(model))
-    xavier = materialize(build_model(validate_model_config({**cfg, "norm_args": {"init": "xavier"}}), V),
-                         "cpu", seed=0)
+    xavier = materialize(
+        build_model(validate_model_config({**cfg, "norm_args": {"init": "xavier"}}), V), "cpu", seed=0
+    )
     w = xavier.decoder.layers[2].self_attn.out_proj.weight
     assert w.std().item() == pytest.approx(math.sqrt(2 / (2 * d)), rel=0.03)
 

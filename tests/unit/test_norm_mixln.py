@@ -18,8 +18,9 @@ V = 50
 
 
 def _cfg(arch: str, depth: int, norm: str = "mixln", **extra):
-    return validate_model_config({"arch": arch, "norm": norm, "depth": depth, "d_model": 32,
-                                  "n_heads": 4, "d_ffn": 64, **extra})
+    return validate_model_config(
+        {"arch": arch, "norm": norm, "depth": depth, "d_model": 32, "n_heads": 4, "d_ffn": 64, **extra}
+    )
 
 
 def _model(arch: str, depth: int, seed: int = 0, norm: str = "mixln", **extra):
@@ -27,18 +28,26 @@ def _model(arch: str, depth: int, seed: int = 0, norm: str = "mixln", **extra):
 
 
 def _stacks(model):
-    return [s for s in (getattr(model, "encoder", None), getattr(model, "decoder", None))
-            if s is not None and hasattr(s, "layers")]
+    return [
+        s
+        for s in (getattr(model, "encoder", None), getattr(model, "decoder", None))
+        if s is not None and hasattr(s, "layers")
+    ]
 
 
 def _kinds(stack) -> list[str]:
     """'post' or 'pre' per layer, asserting that all sublayers of a layer agree."""
     out = []
     for block in stack.layers:
-        residuals = [r for r in (block.self_attn_residual, block.cross_attn_residual, block.ffn_residual)
-                     if r is not None]
-        kinds = {"post" if isinstance(r, PostNormResidual) else "pre" if isinstance(r, PreNormResidual)
-                 else "?" for r in residuals}
+        residuals = [
+            r
+            for r in (block.self_attn_residual, block.cross_attn_residual, block.ffn_residual)
+            if r is not None
+        ]
+        kinds = {
+            "post" if isinstance(r, PostNormResidual) else "pre" if isinstance(r, PreNormResidual) else "?"
+            for r in residuals
+        }
         assert len(kinds) == 1
         out.append(kinds.pop())
     return out

@@ -18,8 +18,9 @@ V = 50
 
 
 def _model(arch: str, depth: int = 4, seed: int = 0, **extra):
-    cfg = validate_model_config({"arch": arch, "norm": "rezero", "depth": depth, "d_model": 32,
-                                 "n_heads": 4, "d_ffn": 64, **extra})
+    cfg = validate_model_config(
+        {"arch": arch, "norm": "rezero", "depth": depth, "d_model": 32, "n_heads": 4, "d_ffn": 64, **extra}
+    )
     return materialize(build_model(cfg, vocab_size=V), "cpu", seed=seed)
 
 
@@ -49,14 +50,20 @@ def test_every_stack_is_the_identity_at_init(arch: str) -> None:
 def test_no_norms_and_one_gate_per_layer_shared_by_its_sublayers(arch: str) -> None:
     model = _model(arch, norm_layer="rmsnorm") if arch == "decoder" else _model(arch)
     assert not any(isinstance(m, (torch.nn.LayerNorm, RMSNorm)) for m in model.modules())
-    stacks = [s for s in (getattr(model, "encoder", None), getattr(model, "decoder", None))
-              if s is not None and hasattr(s, "layers")]
+    stacks = [
+        s
+        for s in (getattr(model, "encoder", None), getattr(model, "decoder", None))
+        if s is not None and hasattr(s, "layers")
+    ]
     n_layers = 0
     for stack in stacks:
         assert stack.final_norm is None
         for block in stack.layers:
-            residuals = [r for r in (block.self_attn_residual, block.cross_attn_residual, block.ffn_residual)
-                         if r is not None]
+            residuals = [
+                r
+                for r in (block.self_attn_residual, block.cross_attn_residual, block.ffn_residual)
+                if r is not None
+            ]
             assert all(isinstance(r, ReZeroResidual) for r in residuals)
             assert len({id(r.gate) for r in residuals}) == 1  # shared within the layer
             n_layers += 1

@@ -17,14 +17,18 @@ V = 50
 
 
 def _model(arch: str, depth: int = 4, seed: int = 0, **extra):
-    cfg = validate_model_config({"arch": arch, "norm": "sandwich", "depth": depth, "d_model": 32,
-                                 "n_heads": 4, "d_ffn": 64, **extra})
+    cfg = validate_model_config(
+        {"arch": arch, "norm": "sandwich", "depth": depth, "d_model": 32, "n_heads": 4, "d_ffn": 64, **extra}
+    )
     return materialize(build_model(cfg, vocab_size=V), "cpu", seed=seed)
 
 
 def _stacks(model):
-    return [s for s in (getattr(model, "encoder", None), getattr(model, "decoder", None))
-            if s is not None and hasattr(s, "layers")]
+    return [
+        s
+        for s in (getattr(model, "encoder", None), getattr(model, "decoder", None))
+        if s is not None and hasattr(s, "layers")
+    ]
 
 
 @pytest.mark.parametrize("norm_layer", ["layernorm", "rmsnorm"])

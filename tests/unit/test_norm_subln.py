@@ -22,14 +22,26 @@ V = 50
 
 
 def _model(arch: str, depth: int, d_model: int = 32, seed: int = 0, **extra):
-    cfg = validate_model_config({"arch": arch, "norm": "subln", "depth": depth, "d_model": d_model,
-                                 "n_heads": 4, "d_ffn": 4 * d_model, **extra})
+    cfg = validate_model_config(
+        {
+            "arch": arch,
+            "norm": "subln",
+            "depth": depth,
+            "d_model": d_model,
+            "n_heads": 4,
+            "d_ffn": 4 * d_model,
+            **extra,
+        }
+    )
     return materialize(build_model(cfg, vocab_size=V), "cpu", seed=seed)
 
 
 def _stacks(model):
-    return [s for s in (getattr(model, "encoder", None), getattr(model, "decoder", None))
-            if s is not None and hasattr(s, "layers")]
+    return [
+        s
+        for s in (getattr(model, "encoder", None), getattr(model, "decoder", None))
+        if s is not None and hasattr(s, "layers")
+    ]
 
 
 @pytest.mark.parametrize(
@@ -51,7 +63,8 @@ def test_gamma_identities_from_theorem_3_2(depth: int) -> None:
     enc-dec takes the geometric mean-like form log(3M) * log(2N) / 3."""
     assert subln_gamma("encoder", "encoder", depth, 0) ** 2 == pytest.approx(math.log(2 * depth), rel=1e-12)
     assert subln_gamma("encoder_decoder", "decoder", depth, depth) ** 2 == pytest.approx(
-        math.log(3 * depth), rel=1e-12)
+        math.log(3 * depth), rel=1e-12
+    )
     enc = subln_gamma("encoder_decoder", "encoder", depth, 2 * depth) ** 2
     assert enc == pytest.approx(math.log(6 * depth) * math.log(2 * depth) / 3, rel=1e-12)
     # Sub-LN multiplies (gamma > 1) where DeepNorm shrinks (beta < 1).
@@ -68,8 +81,8 @@ def test_init_statistics_gamma_only_on_v_out_ffn() -> None:
     xavier = math.sqrt(2 / (2 * d))
     w = att.qkv_proj.weight
     assert w[:d].std().item() == pytest.approx(xavier, rel=0.05)
-    assert w[d:2 * d].std().item() == pytest.approx(xavier, rel=0.05)
-    assert w[2 * d:].std().item() == pytest.approx(gamma * xavier, rel=0.05)
+    assert w[d : 2 * d].std().item() == pytest.approx(xavier, rel=0.05)
+    assert w[2 * d :].std().item() == pytest.approx(gamma * xavier, rel=0.05)
     assert att.out_proj.weight.std().item() == pytest.approx(gamma * xavier, rel=0.05)
     ffn_xavier = math.sqrt(2 / (d + 4 * d))
     assert ffn.fc1.weight.std().item() == pytest.approx(gamma * ffn_xavier, rel=0.05)
@@ -85,8 +98,8 @@ def test_encoder_decoder_cross_attention_is_not_scaled() -> None:
     cross = model.decoder.layers[3].cross_attn
     for w in (cross.q_proj.weight, cross.kv_proj.weight[:d], cross.kv_proj.weight[d:], cross.out_proj.weight):
         assert w.std().item() == pytest.approx(xavier, rel=0.05)
-    dec_v = model.decoder.layers[3].self_attn.qkv_proj.weight[2 * d:]
-    enc_v = model.encoder.layers[3].self_attn.qkv_proj.weight[2 * d:]
+    dec_v = model.decoder.layers[3].self_attn.qkv_proj.weight[2 * d :]
+    enc_v = model.encoder.layers[3].self_attn.qkv_proj.weight[2 * d :]
     assert dec_v.std().item() == pytest.approx(1.893018 * xavier, rel=0.05)
     assert enc_v.std().item() == pytest.approx(1.948385 * xavier, rel=0.05)
 
@@ -139,7 +152,7 @@ def test_attention_output_equals_out_proj_of_layernormed_attention() -> None:
 def test_gamma_argument_overrides_and_is_validated() -> None:
     d = 128
     model = _model("decoder", 6, d_model=d, norm_args={"gamma": 1.0})
-    v = model.decoder.layers[0].self_attn.qkv_proj.weight[2 * d:]
+    v = model.decoder.layers[0].self_attn.qkv_proj.weight[2 * d :]
     assert v.std().item() == pytest.approx(math.sqrt(2 / (2 * d)), rel=0.05)
     assert model.norm_strategy.describe()["decoder"]["gamma"] == 1.0
     with pytest.raises(ConfigError, match="model.norm_args.gamma: must be > 0"):

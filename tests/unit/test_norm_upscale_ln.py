@@ -15,8 +15,9 @@ V = 50
 
 
 def _cfg(arch: str, depth: int, norm: str = "upscale_ln", **extra):
-    return validate_model_config({"arch": arch, "norm": norm, "depth": depth, "d_model": 32,
-                                  "n_heads": 4, "d_ffn": 64, **extra})
+    return validate_model_config(
+        {"arch": arch, "norm": norm, "depth": depth, "d_model": 32, "n_heads": 4, "d_ffn": 64, **extra}
+    )
 
 
 def _model(arch: str, depth: int, norm: str = "upscale_ln", seed: int = 0, **extra):
@@ -59,8 +60,9 @@ def test_init_is_unchanged_and_equals_deepnorm_with_beta_one(arch: str) -> None:
     up = _model(arch, 4, seed=7)
     post = _model(arch, 4, "postln", seed=7)
     deep = _model(arch, 4, "deepnorm", seed=7, norm_args={"beta": 1.0})
-    for (name, p), q, r in zip(up.state_dict().items(), post.state_dict().values(),
-                               deep.state_dict().values(), strict=True):
+    for (name, p), q, r in zip(
+        up.state_dict().items(), post.state_dict().values(), deep.state_dict().values(), strict=True
+    ):
         assert torch.equal(p, q) and torch.equal(p, r), name
     ids = torch.randint(0, V, (2, 8))
     mask = torch.ones_like(ids, dtype=torch.bool)

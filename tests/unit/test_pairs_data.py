@@ -49,8 +49,10 @@ def test_pack_pair_segments_and_longest_first_truncation() -> None:
 
 
 def test_collate_pads_right_with_a_mask() -> None:
-    items = [{"ids": [4, 9, 5, 8, 5], "segments": [0, 0, 0, 1, 1], "label": 1},
-             {"ids": [4, 9, 5], "segments": [0, 0, 0], "label": 0}]
+    items = [
+        {"ids": [4, 9, 5, 8, 5], "segments": [0, 0, 0, 1, 1], "label": 1},
+        {"ids": [4, 9, 5], "segments": [0, 0, 0], "label": 0},
+    ]
     b = collate_pairs(items)
     assert b["input_ids"].tolist() == [[4, 9, 5, 8, 5], [4, 9, 5, PAD_ID, PAD_ID]]
     assert b["padding_mask"].tolist() == [[True] * 5, [True] * 3 + [False] * 2]
@@ -59,8 +61,7 @@ def test_collate_pads_right_with_a_mask() -> None:
 
 
 def test_datamodule_batches_and_majority_baseline(data_dir) -> None:
-    dm = PairsDataModule(data_dir=str(data_dir), max_len=64, batch_size=8,
-                         tokenizer={"vocab_size": 512})
+    dm = PairsDataModule(data_dir=str(data_dir), max_len=64, batch_size=8, tokenizer={"vocab_size": 512})
     dm.setup()
     assert dm.majority_class == 1  # 2,407 of 3,576 train pairs are paraphrases
     batch = next(iter(dm.test_dataloader()))

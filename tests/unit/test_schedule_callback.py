@@ -26,11 +26,21 @@ def _one_thread():
     yield
     torch.set_num_threads(before)
 
+
 T = 10  # max_norm_step: a_t = 1 - t/10
-BASE = ["experiment=debug", "model.depth=2", "model.norm=branchnorm",
-        f"++model.norm_args.max_norm_step={T}", "test=false", "logger=csv",
-        "trainer.log_every_n_steps=1", "callbacks=none", "trainer.limit_val_batches=1",
-        "data.seq_len=32", "data.batch_size=4"]
+BASE = [
+    "experiment=debug",
+    "model.depth=2",
+    "model.norm=branchnorm",
+    f"++model.norm_args.max_norm_step={T}",
+    "test=false",
+    "logger=csv",
+    "trainer.log_every_n_steps=1",
+    "callbacks=none",
+    "trainer.limit_val_batches=1",
+    "data.seq_len=32",
+    "data.batch_size=4",
+]
 
 
 def _logged(out_dir: Path, key: str) -> dict[int, float]:
@@ -49,14 +59,21 @@ def _logged(out_dir: Path, key: str) -> dict[int, float]:
 
 
 def _with_checkpoints(out_dir: Path) -> list[str]:
-    return ["callbacks=default", "~callbacks.rich_progress_bar", "~callbacks.lr_monitor",
-            f"callbacks.model_checkpoint.dirpath={out_dir / 'checkpoints'}"]
+    return [
+        "callbacks=default",
+        "~callbacks.rich_progress_bar",
+        "~callbacks.lr_monitor",
+        f"callbacks.model_checkpoint.dirpath={out_dir / 'checkpoints'}",
+    ]
 
 
 def test_resume_continues_the_exponent_from_the_saved_value(make_cfg, tmp_path: Path) -> None:
     first_dir, resumed_dir = tmp_path / "first", tmp_path / "resumed"
-    first = make_cfg("train", BASE + _with_checkpoints(first_dir) + [
-        "trainer.max_steps=4", "trainer.val_check_interval=4"], out_dir=first_dir)
+    first = make_cfg(
+        "train",
+        BASE + _with_checkpoints(first_dir) + ["trainer.max_steps=4", "trainer.val_check_interval=4"],
+        out_dir=first_dir,
+    )
     _, objects = train(first)
     assert any(isinstance(c, NormScheduleCallback) for c in objects["trainer"].callbacks)
     strategy = objects["task"].norm_strategy
@@ -68,8 +85,11 @@ def test_resume_continues_the_exponent_from_the_saved_value(make_cfg, tmp_path: 
     assert int(state["net.norm_strategy.progress"]) == 4
     assert float(state["net.norm_strategy.exponent"]) == pytest.approx(0.6)
 
-    resumed = make_cfg("train", BASE + [f"ckpt_path={ckpt}", "trainer.max_steps=7",
-                                        "trainer.val_check_interval=7"], out_dir=resumed_dir)
+    resumed = make_cfg(
+        "train",
+        BASE + [f"ckpt_path={ckpt}", "trainer.max_steps=7", "trainer.val_check_interval=7"],
+        out_dir=resumed_dir,
+    )
     _, objects = train(resumed)
     assert objects["trainer"].global_step == 7
     strategy = objects["task"].norm_strategy
@@ -79,8 +99,11 @@ def test_resume_continues_the_exponent_from_the_saved_value(make_cfg, tmp_path: 
 
 
 def test_gradient_accumulation_advances_once_per_optimizer_step(make_cfg, tmp_path: Path) -> None:
-    cfg = make_cfg("train", BASE + ["trainer.max_steps=3", "trainer.accumulate_grad_batches=2",
-                                    "trainer.val_check_interval=6"], out_dir=tmp_path)
+    cfg = make_cfg(
+        "train",
+        BASE + ["trainer.max_steps=3", "trainer.accumulate_grad_batches=2", "trainer.val_check_interval=6"],
+        out_dir=tmp_path,
+    )
     _, objects = train(cfg)
     assert objects["trainer"].global_step == 3
     strategy = objects["task"].norm_strategy
@@ -89,9 +112,22 @@ def test_gradient_accumulation_advances_once_per_optimizer_step(make_cfg, tmp_pa
 
 
 def test_not_added_for_strategies_without_a_schedule(make_cfg, tmp_path: Path) -> None:
-    cfg = make_cfg("train", ["experiment=debug", "model.depth=1", "model.norm=preln", "test=false",
-                             "~logger", "callbacks=none", "trainer.max_steps=1",
-                             "trainer.limit_val_batches=1", "trainer.val_check_interval=1",
-                             "data.seq_len=16", "data.batch_size=2"], out_dir=tmp_path)
+    cfg = make_cfg(
+        "train",
+        [
+            "experiment=debug",
+            "model.depth=1",
+            "model.norm=preln",
+            "test=false",
+            "~logger",
+            "callbacks=none",
+            "trainer.max_steps=1",
+            "trainer.limit_val_batches=1",
+            "trainer.val_check_interval=1",
+            "data.seq_len=16",
+            "data.batch_size=2",
+        ],
+        out_dir=tmp_path,
+    )
     _, objects = train(cfg)
     assert not any(isinstance(c, NormScheduleCallback) for c in objects["trainer"].callbacks)

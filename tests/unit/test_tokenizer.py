@@ -68,9 +68,7 @@ def test_byte_level_round_trip_is_exact(bpe: TextTokenizer, corpora: dict[str, s
     assert bpe.decode([bpe.bos_id, *ids, bpe.eos_id, bpe.pad_id]) == "Romeo, Romeo!"
 
 
-def test_chunked_corpus_encoding_equals_whole_encoding(
-    bpe: TextTokenizer, corpora: dict[str, str]
-) -> None:
+def test_chunked_corpus_encoding_equals_whole_encoding(bpe: TextTokenizer, corpora: dict[str, str]) -> None:
     text = corpora["heldout"]
     assert "".join(split_corpus(text)) == text
     ids = bpe.encode_corpus(text)
@@ -118,9 +116,7 @@ _TRAIN_SNIPPET = textwrap.dedent(
 )
 
 
-def test_training_is_deterministic_across_processes(
-    corpora: dict[str, str], tmp_path: Path
-) -> None:
+def test_training_is_deterministic_across_processes(corpora: dict[str, str], tmp_path: Path) -> None:
     """Rust hash maps are seeded per process, so compare fresh interpreters, not two calls."""
     (tmp_path / "en.txt").write_text(corpora["en"], encoding="utf-8")
     cmd = [sys.executable, "-c", _TRAIN_SNIPPET, str(tmp_path / "en.txt")]

@@ -33,8 +33,9 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def dm(data_dir: Path) -> TranslationDataModule:
-    module = TranslationDataModule(data_dir=str(data_dir), max_tokens=MAX_TOKENS, seed=7,
-                                   tokenizer={"vocab_size": VOCAB})
+    module = TranslationDataModule(
+        data_dir=str(data_dir), max_tokens=MAX_TOKENS, seed=7, tokenizer={"vocab_size": VOCAB}
+    )
     module.prepare_data()
     module.setup("fit")
     module.setup("test")
@@ -49,8 +50,9 @@ def test_split_sizes_and_alignment(dm: TranslationDataModule) -> None:
     assert src[0] == "Zwei junge weiße Männer sind im Freien in der Nähe vieler Büsche."
     assert tgt[0] == "Two young, White males are outside near many bushes."
     assert dm.datasets["train"].refs[0] == tgt[0]
-    _, mscoco = TranslationDataModule(data_dir=str(dm.data_dir), test_set="test_2017_mscoco",
-                                      tokenizer={"vocab_size": VOCAB}).read_split("test")
+    _, mscoco = TranslationDataModule(
+        data_dir=str(dm.data_dir), test_set="test_2017_mscoco", tokenizer={"vocab_size": VOCAB}
+    ).read_split("test")
     assert len(mscoco) == 461
 
 
@@ -76,11 +78,13 @@ def test_joint_tokenizer_is_lossless_cached_and_shared_by_both_directions(dm: Tr
     assert len(tok.encode(" Mann")) == 1 and len(tok.encode(" man")) == 1
     cached = list(dm.cache_dir.glob("tokenizer-bpe-v1000-*.json"))
     assert len(cached) == 1
-    reverse = TranslationDataModule(data_dir=str(dm.data_dir), src_lang="en", tgt_lang="de",
-                                    tokenizer={"vocab_size": VOCAB})
+    reverse = TranslationDataModule(
+        data_dir=str(dm.data_dir), src_lang="en", tgt_lang="de", tokenizer={"vocab_size": VOCAB}
+    )
     assert reverse.tokenizer.digest == tok.digest  # en-de reuses the de-en cache
-    other = TranslationDataModule(data_dir=str(dm.data_dir), src_lang="fr", tgt_lang="en",
-                                  tokenizer={"vocab_size": VOCAB})
+    other = TranslationDataModule(
+        data_dir=str(dm.data_dir), src_lang="fr", tgt_lang="en", tokenizer={"vocab_size": VOCAB}
+    )
     assert other.fingerprint != dm.fingerprint
 
 
@@ -100,8 +104,10 @@ def test_batches_respect_max_tokens_and_carry_masks(dm: TranslationDataModule) -
         assert (batch["tgt_in"][:, 0] == tok.bos_id).all()
         real = batch["labels"] != IGNORE_INDEX
         # labels are the decoder input shifted left by one, ending in <eos>
-        assert torch.equal(batch["labels"][:, :-1][real[:, :-1] & real[:, 1:]],
-                           batch["tgt_in"][:, 1:][real[:, :-1] & real[:, 1:]])
+        assert torch.equal(
+            batch["labels"][:, :-1][real[:, :-1] & real[:, 1:]],
+            batch["tgt_in"][:, 1:][real[:, :-1] & real[:, 1:]],
+        )
         ends = real.sum(1) - 1
         assert (batch["labels"][torch.arange(b), ends] == tok.eos_id).all()
         assert (batch["src"][torch.arange(b), batch["src_mask"].sum(1) - 1] == tok.eos_id).all()

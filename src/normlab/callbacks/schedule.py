@@ -32,16 +32,18 @@ class NormScheduleCallback(L.Callback):
         if strategy is not None:
             strategy.set_progress(trainer.global_step)
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         strategy = self._strategy(pl_module)
         if strategy is None:
             return
         for key, value in strategy.schedule_values().items():
             pl_module.log(f"norm/{key}", float(value), on_step=True, on_epoch=False)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
-                           batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         strategy = self._strategy(pl_module)
         if strategy is not None:
             strategy.set_progress(trainer.global_step)

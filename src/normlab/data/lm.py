@@ -83,9 +83,7 @@ class LMDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if dataset not in CORPORA:
-            raise ConfigError(
-                f"data.dataset: unknown {dataset!r}; choose one of {', '.join(CORPORA)}"
-            )
+            raise ConfigError(f"data.dataset: unknown {dataset!r}; choose one of {', '.join(CORPORA)}")
         _check_int("seq_len", seq_len, 2)
         _check_int("batch_size", batch_size, 1)
         _check_int("num_workers", num_workers, 0)
@@ -203,9 +201,7 @@ class LMDataModule(L.LightningDataModule):
         """
         if self._baseline is None:
             ids = self._load_ids()
-            self._baseline = unigram_cross_entropy(
-                ids["train"], ids["val"], self.tokenizer.vocab_size
-            )
+            self._baseline = unigram_cross_entropy(ids["train"], ids["val"], self.tokenizer.vocab_size)
         return self._baseline
 
     def _load_ids(self) -> dict[str, Tensor]:

@@ -126,8 +126,9 @@ class MaskedPairs(Dataset):
 class MaskingCollator:
     """Stack examples and mask them: fresh random masks (``seed=None``) or fixed per example."""
 
-    def __init__(self, vocab_size: int, mask_prob: float, mask_frac: float, random_frac: float,
-                 seed: int | None = None) -> None:
+    def __init__(
+        self, vocab_size: int, mask_prob: float, mask_frac: float, random_frac: float, seed: int | None = None
+    ) -> None:
         self.vocab_size, self.seed = vocab_size, seed
         self.probs = {"mask_prob": mask_prob, "mask_frac": mask_frac, "random_frac": random_frac}
 
@@ -137,15 +138,21 @@ class MaskingCollator:
             inputs, labels = mask_tokens(ids, self.vocab_size, None, **self.probs)
         else:
             rows = [
-                mask_tokens(it["ids"][None], self.vocab_size,
-                            torch.Generator().manual_seed(self.seed * 1_000_003 + it["index"]),
-                            **self.probs)
+                mask_tokens(
+                    it["ids"][None],
+                    self.vocab_size,
+                    torch.Generator().manual_seed(self.seed * 1_000_003 + it["index"]),
+                    **self.probs,
+                )
                 for it in items
             ]
             inputs = torch.cat([r[0] for r in rows])
             labels = torch.cat([r[1] for r in rows])
-        return {"input_ids": inputs, "segments": torch.stack([it["segments"] for it in items]),
-                "labels": labels}
+        return {
+            "input_ids": inputs,
+            "segments": torch.stack([it["segments"] for it in items]),
+            "labels": labels,
+        }
 
 
 class MLMDataModule(L.LightningDataModule):
@@ -172,11 +179,13 @@ class MLMDataModule(L.LightningDataModule):
         unknown = [c for c in corpora if c not in CORPORA]
         if not corpora or unknown:
             raise ConfigError(
-                f"data.corpora: {unknown or corpora!r} is not a non-empty list of "
-                f"{', '.join(CORPORA)}"
+                f"data.corpora: {unknown or corpora!r} is not a non-empty list of {', '.join(CORPORA)}"
             )
-        for key, value, lo in (("seq_len", seq_len, 8), ("batch_size", batch_size, 1),
-                               ("num_workers", num_workers, 0)):
+        for key, value, lo in (
+            ("seq_len", seq_len, 8),
+            ("batch_size", batch_size, 1),
+            ("num_workers", num_workers, 0),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < lo:
                 raise ConfigError(f"data.{key}: must be an integer >= {lo}, got {value!r}")
         if not 0.0 < mask_prob < 1.0:
@@ -246,17 +255,26 @@ class MLMDataModule(L.LightningDataModule):
                 self._tokenizer = TextTokenizer.from_json(self.tokenizer_json, self.settings)
             else:
                 train_text = self.split_texts()["train"]
-                self._tokenizer = train_or_load(self.settings, lambda: split_corpus(train_text),
-                                                self.cache_dir, self.fingerprint)
+                self._tokenizer = train_or_load(
+                    self.settings, lambda: split_corpus(train_text), self.cache_dir, self.fingerprint
+                )
         return self._tokenizer
 
     def data_config(self) -> dict[str, Any]:
-        return {"corpora": list(self.corpora), "data_dir": str(self.data_dir),
-                "seq_len": self.seq_len, "batch_size": self.batch_size,
-                "num_workers": self.num_workers, "tokenizer": self.settings.as_dict(),
-                "splits": list(self.splits), "mask_prob": self.mask_prob,
-                "mask_frac": self.mask_frac, "random_frac": self.random_frac,
-                "eval_mask_seed": self.eval_mask_seed, "seed": self.seed}
+        return {
+            "corpora": list(self.corpora),
+            "data_dir": str(self.data_dir),
+            "seq_len": self.seq_len,
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+            "tokenizer": self.settings.as_dict(),
+            "splits": list(self.splits),
+            "mask_prob": self.mask_prob,
+            "mask_frac": self.mask_frac,
+            "random_frac": self.random_frac,
+            "eval_mask_seed": self.eval_mask_seed,
+            "seed": self.seed,
+        }
 
     # ---- encoded splits ------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -285,8 +303,11 @@ class MLMDataModule(L.LightningDataModule):
             self.ids[split] = torch.tensor(tok.encode_corpus(texts[split]), dtype=torch.long)
             with atomic_output(path) as tmp:  # a racing rank sees no file or the whole file
                 torch.save(self.ids[split], tmp)
-        log.info("mlm data: tokens train/val/test = %s, vocab %d",
-                 "/".join(str(len(self.ids[s])) for s in SPLITS), tok.vocab_size)
+        log.info(
+            "mlm data: tokens train/val/test = %s, vocab %d",
+            "/".join(str(len(self.ids[s])) for s in SPLITS),
+            tok.vocab_size,
+        )
         return self.ids
 
     @property
@@ -295,8 +316,7 @@ class MLMDataModule(L.LightningDataModule):
         context (masked tokens are a uniform sample of ordinary tokens): an MLM must beat it."""
         if self._baseline is None:
             ids = self._load_ids()
-            self._baseline = unigram_cross_entropy(ids["train"], ids["val"],
-                                                   self.tokenizer.vocab_size)
+            self._baseline = unigram_cross_entropy(ids["train"], ids["val"], self.tokenizer.vocab_size)
         return self._baseline
 
     def dataset(self, split: str) -> MaskedPairs:
@@ -306,8 +326,13 @@ class MLMDataModule(L.LightningDataModule):
     def _loader(self, split: str) -> DataLoader:
         data = self.dataset(split)
         train = split == "train"
-        collate = MaskingCollator(self.tokenizer.vocab_size, self.mask_prob, self.mask_frac,
-                                  self.random_frac, seed=None if train else self.eval_mask_seed)
+        collate = MaskingCollator(
+            self.tokenizer.vocab_size,
+            self.mask_prob,
+            self.mask_frac,
+            self.random_frac,
+            seed=None if train else self.eval_mask_seed,
+        )
         sampler = None
         if train:
             trainer = self.trainer
@@ -316,9 +341,15 @@ class MLMDataModule(L.LightningDataModule):
             epoch, done = resume_position(trainer, len(sampler) // self.batch_size)
             sampler.set_epoch(epoch)
             sampler.resume(epoch, done * self.batch_size)
-        return DataLoader(data, batch_size=self.batch_size, sampler=sampler, drop_last=train,
-                          collate_fn=collate, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            data,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            drop_last=train,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -40,8 +40,7 @@ SPLITS = ("train", "val", "test")
 CLS_ID, SEP_ID, PAD_ID = 4, 5, 0
 # data set -> (folder, file per split)
 PAIR_DATASETS: dict[str, tuple[str, dict[str, str]]] = {
-    "mrpc": ("mrpc", {"train": "msr-para-train.tsv", "val": "msr-para-val.tsv",
-                      "test": "msr-para-test.tsv"}),
+    "mrpc": ("mrpc", {"train": "msr-para-train.tsv", "val": "msr-para-val.tsv", "test": "msr-para-test.tsv"}),
 }
 
 
@@ -88,9 +87,12 @@ def collate_pairs(items: list[dict[str, Any]]) -> dict[str, Tensor]:
         ids[row, : len(it["ids"])] = torch.tensor(it["ids"])
         segments[row, : len(it["segments"])] = torch.tensor(it["segments"])
     lengths = torch.tensor([len(it["ids"]) for it in items])
-    return {"input_ids": ids, "segments": segments,
-            "padding_mask": torch.arange(width)[None, :] < lengths[:, None],
-            "labels": torch.tensor([it["label"] for it in items], dtype=torch.long)}
+    return {
+        "input_ids": ids,
+        "segments": segments,
+        "padding_mask": torch.arange(width)[None, :] < lengths[:, None],
+        "labels": torch.tensor([it["label"] for it in items], dtype=torch.long),
+    }
 
 
 class PairDataset(Dataset):
@@ -124,8 +126,11 @@ class PairsDataModule(L.LightningDataModule):
         super().__init__()
         if dataset not in PAIR_DATASETS:
             raise ConfigError(f"data.dataset: unknown {dataset!r}; choose one of {', '.join(PAIR_DATASETS)}")
-        for key, value, lo in (("max_len", max_len, 8), ("batch_size", batch_size, 1),
-                               ("num_workers", num_workers, 0)):
+        for key, value, lo in (
+            ("max_len", max_len, 8),
+            ("batch_size", batch_size, 1),
+            ("num_workers", num_workers, 0),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < lo:
                 raise ConfigError(f"data.{key}: must be an integer >= {lo}, got {value!r}")
         self.dataset, self.data_dir = dataset, Path(data_dir)
@@ -170,16 +175,24 @@ class PairsDataModule(L.LightningDataModule):
                 train = self.pairs("train")
                 cache = self.data_dir / PAIR_DATASETS[self.dataset][0] / "cache"
                 self._tokenizer = train_or_load(
-                    self.settings, lambda: [s for p in train for s in (p.a, p.b)], cache,
+                    self.settings,
+                    lambda: [s for p in train for s in (p.a, p.b)],
+                    cache,
                     self.fingerprint,
                 )
         return self._tokenizer
 
     def data_config(self) -> dict[str, Any]:
-        return {"dataset": self.dataset, "data_dir": str(self.data_dir), "max_len": self.max_len,
-                "batch_size": self.batch_size, "num_workers": self.num_workers,
-                "tokenizer": self.settings.as_dict(), "tokenizer_from": self.tokenizer_from,
-                "seed": self.seed}
+        return {
+            "dataset": self.dataset,
+            "data_dir": str(self.data_dir),
+            "max_len": self.max_len,
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+            "tokenizer": self.settings.as_dict(),
+            "tokenizer_from": self.tokenizer_from,
+            "seed": self.seed,
+        }
 
     # ---- examples and loaders ------------------------------------------------------------------
     def examples(self, split: str) -> list[dict[str, Any]]:
@@ -212,9 +225,15 @@ class PairsDataModule(L.LightningDataModule):
             epoch, done = resume_position(trainer, len(sampler) // self.batch_size)
             sampler.set_epoch(epoch)
             sampler.resume(epoch, done * self.batch_size)
-        return DataLoader(data, batch_size=self.batch_size, sampler=sampler, drop_last=train,
-                          collate_fn=collate_pairs, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            data,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            drop_last=train,
+            collate_fn=collate_pairs,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -21,10 +21,19 @@ from torch.utils.data import Dataset, DistributedSampler
 class ResumableSampler(DistributedSampler):
     """``DistributedSampler`` (works with ``num_replicas=1``) that can start mid-epoch."""
 
-    def __init__(self, dataset: Dataset, *, num_replicas: int = 1, rank: int = 0, shuffle: bool = True,
-                 seed: int = 0, drop_last: bool = True) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
-                         drop_last=drop_last)
+    def __init__(
+        self,
+        dataset: Dataset,
+        *,
+        num_replicas: int = 1,
+        rank: int = 0,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = True,
+    ) -> None:
+        super().__init__(
+            dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
+        )
         self.resume_epoch: int | None = None
         self.resume_skip = 0
 
@@ -35,7 +44,7 @@ class ResumableSampler(DistributedSampler):
     def __iter__(self) -> Iterator[int]:
         indices = list(super().__iter__())
         if self.resume_epoch is not None and self.epoch == self.resume_epoch:
-            indices = indices[self.resume_skip:]
+            indices = indices[self.resume_skip :]
         return iter(indices)
 
 

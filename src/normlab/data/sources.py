@@ -62,12 +62,9 @@ class DatasetSource:
 
 
 _GH = "https://raw.githubusercontent.com"
-_SHAKESPEARE = (
-    f"{_GH}/karpathy/char-rnn/6f9487a6fe5b420b7ca9afb0d7c078e37c1d1b4e/data/tinyshakespeare"
-)
+_SHAKESPEARE = f"{_GH}/karpathy/char-rnn/6f9487a6fe5b420b7ca9afb0d7c078e37c1d1b4e/data/tinyshakespeare"
 _WIKITEXT = (
-    f"{_GH}/pytorch/examples/77f55b912142e11fcfdf5b530231fb9c52f181e8"
-    "/word_language_model/data/wikitext-2"
+    f"{_GH}/pytorch/examples/77f55b912142e11fcfdf5b530231fb9c52f181e8/word_language_model/data/wikitext-2"
 )
 _MULTI30K = f"{_GH}/multi30k/dataset/a3d2e0d26b56f3846f66a952536ffed4e401d05a/data/task1/raw"
 _MRPC = f"{_GH}/brmson/dataset-sts/e1d3375f5b3bc24f21aa4e46f96eb379e9fc1081/data/para/msr"

@@ -49,9 +49,7 @@ class TokenizerSettings:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ConfigError(
-                f"data.tokenizer.kind: must be one of {', '.join(KINDS)}, got {self.kind!r}"
-            )
+            raise ConfigError(f"data.tokenizer.kind: must be one of {', '.join(KINDS)}, got {self.kind!r}")
         floor = len(SPECIAL_TOKENS) + (256 if self.kind == "bpe" else 1)
         if not isinstance(self.vocab_size, int) or self.vocab_size <= floor:
             raise ConfigError(
@@ -165,9 +163,7 @@ def train_or_load(
     tokenizer = TextTokenizer(_train(settings, texts), settings)
     with atomic_output(path) as tmp:
         tmp.write_text(tokenizer.to_json(), encoding="utf-8")
-    log.info(
-        "tokenizer: trained %s (vocab %d), cached at %s", settings.kind, tokenizer.vocab_size, path
-    )
+    log.info("tokenizer: trained %s (vocab %d), cached at %s", settings.kind, tokenizer.vocab_size, path)
     return tokenizer
 
 

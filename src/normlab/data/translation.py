@@ -58,8 +58,16 @@ class ParallelText(Dataset):
     """Encoded sentence pairs. Indexed by a *list* of example indices, it returns a padded batch
     (the loader runs with ``batch_size=None`` and a :class:`TokenBatchSampler`)."""
 
-    def __init__(self, src: list[list[int]], tgt: list[list[int]], refs: list[str],
-                 bos_id: int, eos_id: int, pad_id: int, index: list[int] | None = None) -> None:
+    def __init__(
+        self,
+        src: list[list[int]],
+        tgt: list[list[int]],
+        refs: list[str],
+        bos_id: int,
+        eos_id: int,
+        pad_id: int,
+        index: list[int] | None = None,
+    ) -> None:
         if not len(src) == len(tgt) == len(refs):
             raise ValueError("src, tgt and refs must have the same number of lines")
         self.src, self.tgt, self.refs = src, tgt, refs
@@ -99,7 +107,8 @@ def _pad(rows: list[list[int]], value: int) -> Tensor:
     lengths = np.array([len(r) for r in rows])
     out = np.full((len(rows), int(lengths.max())), value, dtype=np.int64)
     out[np.arange(out.shape[1]) < lengths[:, None]] = np.fromiter(
-        itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
+        itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum())
+    )
     return torch.from_numpy(out)
 
 
@@ -112,8 +121,14 @@ class TokenBatchSampler(Sampler[list[int]]):
     is fixed (sorted by length), which is what evaluation wants.
     """
 
-    def __init__(self, src_lengths: np.ndarray, tgt_lengths: np.ndarray, max_tokens: int,
-                 shuffle: bool = False, seed: int = 0) -> None:
+    def __init__(
+        self,
+        src_lengths: np.ndarray,
+        tgt_lengths: np.ndarray,
+        max_tokens: int,
+        shuffle: bool = False,
+        seed: int = 0,
+    ) -> None:
         self.src_lengths = np.asarray(src_lengths, dtype=np.int64)
         self.tgt_lengths = np.asarray(tgt_lengths, dtype=np.int64)
         self.cost = np.maximum(self.src_lengths, self.tgt_lengths)
@@ -191,8 +206,12 @@ class TranslationDataModule(L.LightningDataModule):
                 f"data.test_set: {test_set} has no {missing[0]} side; for {src_lang}-{tgt_lang} use one of "
                 f"{', '.join(has)}"
             )
-        for key, value, low in (("max_tokens", max_tokens, 16), ("max_len", max_len, 2),
-                                ("num_workers", num_workers, 0), ("seed", seed, 0)):
+        for key, value, low in (
+            ("max_tokens", max_tokens, 16),
+            ("max_len", max_len, 2),
+            ("num_workers", num_workers, 0),
+            ("seed", seed, 0),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"data.{key}: must be an integer >= {low}, got {value!r}")
         if eval_max_tokens is not None and (not isinstance(eval_max_tokens, int) or eval_max_tokens < 16):
@@ -276,8 +295,12 @@ class TranslationDataModule(L.LightningDataModule):
         if split == "train":
             keep = [i for i in index if 0 < len(src[i]) < self.max_len and 0 < len(tgt[i]) < self.max_len]
             if len(keep) < len(index):
-                log.info("translation data: dropped %d of %d train pairs longer than max_len=%d",
-                         len(index) - len(keep), len(index), self.max_len)
+                log.info(
+                    "translation data: dropped %d of %d train pairs longer than max_len=%d",
+                    len(index) - len(keep),
+                    len(index),
+                    self.max_len,
+                )
             src, tgt = [src[i] for i in keep], [tgt[i] for i in keep]
             tgt_text, index = [tgt_text[i] for i in keep], keep
         return ParallelText(src, tgt, tgt_text, tok.bos_id, tok.eos_id, tok.pad_id, index)
@@ -295,28 +318,43 @@ class TranslationDataModule(L.LightningDataModule):
         ids = tok.encode_batch(lines)
         offsets = np.cumsum([0] + [len(x) for x in ids])
         with atomic_output(path) as tmp:  # racing ranks see no file or the whole file
-            torch.save({"ids": torch.tensor([i for x in ids for i in x], dtype=torch.int32),
-                        "offsets": torch.from_numpy(offsets)}, tmp)
+            torch.save(
+                {
+                    "ids": torch.tensor([i for x in ids for i in x], dtype=torch.int32),
+                    "offsets": torch.from_numpy(offsets),
+                },
+                tmp,
+            )
         return ids
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(
-            stage or "", ("train", "val", "test"))
+            stage or "", ("train", "val", "test")
+        )
         for split in wanted:
             if split not in self.datasets:
                 self.datasets[split] = self.build_split(split)
         if "train" in wanted:
             lengths = self.datasets["train"].src_lengths
-            log.info("translation data: %s, %d train pairs, %d batches of <= %d tokens, vocab %d",
-                     self.pair, len(lengths), len(self._sampler("train")), self.max_tokens,
-                     self.tokenizer.vocab_size)
+            log.info(
+                "translation data: %s, %d train pairs, %d batches of <= %d tokens, vocab %d",
+                self.pair,
+                len(lengths),
+                len(self._sampler("train")),
+                self.max_tokens,
+                self.tokenizer.vocab_size,
+            )
 
     def _sampler(self, split: str) -> TokenBatchSampler:
         data = self.datasets[split]
         train = split == "train"
-        return TokenBatchSampler(data.src_lengths, data.tgt_lengths,
-                                 self.max_tokens if train else self.eval_max_tokens,
-                                 shuffle=train, seed=self.seed)
+        return TokenBatchSampler(
+            data.src_lengths,
+            data.tgt_lengths,
+            self.max_tokens if train else self.eval_max_tokens,
+            shuffle=train,
+            seed=self.seed,
+        )
 
     def _loader(self, split: str) -> DataLoader:
         if split not in self.datasets:

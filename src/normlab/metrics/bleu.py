@@ -35,9 +35,12 @@ def corpus_scores(hypotheses: list[str], references: list[str]) -> CorpusScores:
     b = bleu.corpus_score(hypotheses, [references])
     c = chrf.corpus_score(hypotheses, [references])
     return CorpusScores(
-        bleu=float(b.score), chrf=float(c.score),
-        bleu_signature=str(bleu.get_signature()), chrf_signature=str(chrf.get_signature()),
-        n_sentences=len(hypotheses), bleu_detail=str(b),
+        bleu=float(b.score),
+        chrf=float(c.score),
+        bleu_signature=str(bleu.get_signature()),
+        chrf_signature=str(chrf.get_signature()),
+        n_sentences=len(hypotheses),
+        bleu_detail=str(b),
     )
 
 

@@ -116,7 +116,11 @@ class MultiHeadAttention(nn.Module):
                 cache["k"], cache["v"] = k, v
         is_causal = causal and mask is None and q.shape[2] > 1
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal,
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=is_causal,
             dropout_p=self.attn_dropout if self.training else 0.0,
         )
         out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], self.d_model)

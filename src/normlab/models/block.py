@@ -29,15 +29,25 @@ class TransformerBlock(nn.Module):
         d, make_norm = cfg.d_model, strategy.make_norm
         self_site = Site(stack, layer, "self_attn")
         self.self_attn = MultiHeadAttention(
-            d, cfg.n_heads, site=self_site, bias=cfg.bias, attn_dropout=cfg.attn_dropout,
-            options=strategy.attention_options(self_site), make_norm=make_norm,
+            d,
+            cfg.n_heads,
+            site=self_site,
+            bias=cfg.bias,
+            attn_dropout=cfg.attn_dropout,
+            options=strategy.attention_options(self_site),
+            make_norm=make_norm,
         )
         self.self_attn_residual = strategy.residual(self_site)
         if cross:
             cross_site = Site(stack, layer, "cross_attn")
             self.cross_attn = MultiHeadAttention(
-                d, cfg.n_heads, site=cross_site, cross=True, bias=cfg.bias,
-                attn_dropout=cfg.attn_dropout, options=strategy.attention_options(cross_site),
+                d,
+                cfg.n_heads,
+                site=cross_site,
+                cross=True,
+                bias=cfg.bias,
+                attn_dropout=cfg.attn_dropout,
+                options=strategy.attention_options(cross_site),
                 make_norm=make_norm,
             )
             self.cross_attn_residual = strategy.residual(cross_site)
@@ -45,8 +55,13 @@ class TransformerBlock(nn.Module):
             self.cross_attn = self.cross_attn_residual = None
         ffn_site = Site(stack, layer, "ffn")
         self.ffn = FeedForward(
-            d, cfg.d_ffn, site=ffn_site, activation=cfg.activation, bias=cfg.bias,
-            options=strategy.ffn_options(ffn_site), make_norm=make_norm,
+            d,
+            cfg.d_ffn,
+            site=ffn_site,
+            activation=cfg.activation,
+            bias=cfg.bias,
+            options=strategy.ffn_options(ffn_site),
+            make_norm=make_norm,
         )
         self.ffn_residual = strategy.residual(ffn_site)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -65,9 +80,7 @@ class TransformerBlock(nn.Module):
         self_cache = None if cache is None else cache.setdefault("self", {})
         x = self.self_attn_residual(
             x,
-            lambda h: self.dropout(
-                self.self_attn(h, mask=mask, causal=causal, rope=rope, cache=self_cache)
-            ),
+            lambda h: self.dropout(self.self_attn(h, mask=mask, causal=causal, rope=rope, cache=self_cache)),
         )
         if self.cross_attn is not None:
             cross_cache = None if cache is None else cache.setdefault("cross", {})

@@ -23,7 +23,9 @@ from normlab.norms.base import NormStrategy
 from normlab.norms.registry import build_strategy
 
 
-def build_model(cfg: Any, vocab_size: int, n_segments: int = 0, device: str | torch.device = "meta") -> nn.Module:
+def build_model(
+    cfg: Any, vocab_size: int, n_segments: int = 0, device: str | torch.device = "meta"
+) -> nn.Module:
     """The architecture named by ``cfg.arch``, on ``device`` (meta: no memory, no init)."""
     from normlab.models.transformer import Decoder, Encoder, EncoderDecoder
 

@@ -61,9 +61,7 @@ class TransformerStack(nn.Module):
 
     def __init__(self, cfg: Any, strategy: NormStrategy, stack: str, depth: int, cross: bool) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(
-            TransformerBlock(cfg, strategy, stack, i, cross) for i in range(depth)
-        )
+        self.layers = nn.ModuleList(TransformerBlock(cfg, strategy, stack, i, cross) for i in range(depth))
         self.final_norm = strategy.final_norm(stack)
 
     def forward(self, x: Tensor, cache: Cache | None = None, **kwargs: Any) -> Tensor:
@@ -121,7 +119,9 @@ class Encoder(_Core):
         self.segment_embed = TokenEmbedding(n_segments, cfg.d_model) if n_segments else None
         self.encoder = TransformerStack(cfg, strategy, "encoder", strategy.arch.encoder_depth, cross=False)
 
-    def forward(self, ids: Tensor, padding_mask: Tensor | None = None, segments: Tensor | None = None) -> Tensor:
+    def forward(
+        self, ids: Tensor, padding_mask: Tensor | None = None, segments: Tensor | None = None
+    ) -> Tensor:
         """``padding_mask``: bool [B, T], True for real tokens."""
         x, rope = self._embed(self.embed, ids)
         if self.segment_embed is not None and segments is not None:
@@ -147,12 +147,14 @@ class EncoderDecoder(_Core):
         x, rope = self._embed(self.src_embed or self.tgt_embed, src)
         return self.encoder(x, mask=src_mask[:, None, None, :], rope=rope)
 
-    def decode(self, tgt: Tensor, memory: Tensor, src_mask: Tensor, cache: Cache | None = None,
-               start: int = 0) -> Tensor:
+    def decode(
+        self, tgt: Tensor, memory: Tensor, src_mask: Tensor, cache: Cache | None = None, start: int = 0
+    ) -> Tensor:
         """Logits [B, T, V] for target prefix ``tgt``; with ``cache`` only new tokens are fed."""
         x, rope = self._embed(self.tgt_embed, tgt, start)
-        h = self.decoder(x, cache=cache, causal=True, rope=rope, memory=memory,
-                         memory_mask=src_mask[:, None, None, :])
+        h = self.decoder(
+            x, cache=cache, causal=True, rope=rope, memory=memory, memory_mask=src_mask[:, None, None, :]
+        )
         return F.linear(h, self.tgt_embed.weight) if self.head is None else self.head(h)
 
     def forward(self, src: Tensor, src_mask: Tensor, tgt: Tensor) -> Tensor:

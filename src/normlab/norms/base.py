@@ -148,8 +148,14 @@ class NormStrategy(nn.Module):
     Args: ClassVar[type] = NoArgs
     has_schedule: ClassVar[bool] = False
 
-    def __init__(self, arch: ArchSpec, d_model: int, n_heads: int,
-                 make_norm: Callable[[int], nn.Module], args: Any = None) -> None:
+    def __init__(
+        self,
+        arch: ArchSpec,
+        d_model: int,
+        n_heads: int,
+        make_norm: Callable[[int], nn.Module],
+        args: Any = None,
+    ) -> None:
         super().__init__()
         self.arch = arch
         self.d_model = d_model

@@ -66,9 +66,7 @@ class BranchNormArgs:
         if self.max_norm_step < 1:
             raise ConfigError(f"model.norm_args.max_norm_step: must be >= 1, got {self.max_norm_step}")
         if self.decay not in DECAYS:
-            raise ConfigError(
-                f"model.norm_args.decay: {self.decay!r} is not one of {', '.join(DECAYS)}"
-            )
+            raise ConfigError(f"model.norm_args.decay: {self.decay!r} is not one of {', '.join(DECAYS)}")
         if not (self.eps > 0 and math.isfinite(self.eps)):
             raise ConfigError(f"model.norm_args.eps: must be > 0, got {self.eps}")
 

@@ -45,8 +45,7 @@ class DeepNormArgs:
     def validate(self) -> None:
         if self.encdec_constants not in ("paper", "exact"):
             raise ConfigError(
-                f"model.norm_args.encdec_constants: {self.encdec_constants!r} is not one of "
-                "paper, exact"
+                f"model.norm_args.encdec_constants: {self.encdec_constants!r} is not one of paper, exact"
             )
         for key in ("alpha", "beta"):
             value = getattr(self, key)

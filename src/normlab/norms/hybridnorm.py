@@ -90,8 +90,12 @@ class HybridNorm(NormStrategy):
         return super().init_spec(site, role)
 
     def constants(self, stack: str) -> dict:
-        out = {"qkv_norm": f"per head over d_h={self.d_model // self.n_heads}",
-               "attn_input_norm": "none", "ffn": "z = Norm(y); z + FFN(z)", "init": self.args.init}
+        out = {
+            "qkv_norm": f"per head over d_h={self.d_model // self.n_heads}",
+            "attn_input_norm": "none",
+            "ffn": "z = Norm(y); z + FFN(z)",
+            "init": self.args.init,
+        }
         if self.args.init == "megatron":
             std_in, std_out = megatron_stds(self.d_model, self.arch.depth(stack))
             out.update({"init_std": std_in, "init_std_out": std_out})

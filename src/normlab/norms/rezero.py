@@ -75,5 +75,8 @@ class ReZero(NormStrategy):
         return ReZeroResidual(self._gates[key])
 
     def constants(self, stack: str) -> dict:
-        return {"alpha_init": self.args.alpha_init, "gates": "one per layer, shared by its sublayers",
-                "norms": 0}
+        return {
+            "alpha_init": self.args.alpha_init,
+            "gates": "one per layer, shared by its sublayers",
+            "norms": 0,
+        }

@@ -42,8 +42,9 @@ def lr_factor(step: int, cfg: OptimConfig, total_steps: int) -> float:
 class TransformerTask(L.LightningModule):
     """Base LightningModule. Subclasses implement ``build_network`` and the steps."""
 
-    def __init__(self, model: dict, optim: dict, vocab_size: int, data: dict | None = None,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, model: dict, optim: dict, vocab_size: int, data: dict | None = None, seed: int = 0
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model_cfg = validate_model_config(model)
@@ -75,8 +76,10 @@ class TransformerTask(L.LightningModule):
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
+        groups = [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
         kwargs: dict[str, Any] = {"lr": cfg.lr, "betas": tuple(cfg.betas), "eps": cfg.eps}
         if cfg.fused:
             kwargs["fused"] = True
@@ -84,11 +87,11 @@ class TransformerTask(L.LightningModule):
             kwargs["foreach"] = False if _has_dtensor(params) else None
         optimizer = torch.optim.AdamW(groups, **kwargs)
         total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, cfg, total)
-        )
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg, total))
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         grads = [p.grad for p in self.parameters() if p.grad is not None]

@@ -59,14 +59,23 @@ class PairClassifier(nn.Module):
     def norm_strategy(self) -> nn.Module:
         return self.encoder.norm_strategy
 
-    def forward(self, ids: Tensor, padding_mask: Tensor | None = None,
-                segments: Tensor | None = None) -> Tensor:
+    def forward(
+        self, ids: Tensor, padding_mask: Tensor | None = None, segments: Tensor | None = None
+    ) -> Tensor:
         return self.head(self.encoder(ids, padding_mask, segments)[:, 0])
 
 
 class PairClassificationTask(TransformerTask):
-    def __init__(self, model: dict, optim: dict, vocab_size: int, data: dict | None = None,
-                 seed: int = 0, n_classes: int = 2, classifier_dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        model: dict,
+        optim: dict,
+        vocab_size: int,
+        data: dict | None = None,
+        seed: int = 0,
+        n_classes: int = 2,
+        classifier_dropout: float = 0.1,
+    ) -> None:
         super().__init__(model, optim, vocab_size, data, seed)
         if self.model_cfg.arch != "encoder":
             raise ConfigError(
@@ -101,8 +110,9 @@ class PairClassificationTask(TransformerTask):
         if fresh and self.model_cfg.init_from and self._trainer is not None:
             load_pretrained_encoder(self.net.encoder, self.model_cfg, self.tokenizer_json)
 
-    def forward(self, input_ids: Tensor, padding_mask: Tensor | None = None,
-                segments: Tensor | None = None) -> Tensor:
+    def forward(
+        self, input_ids: Tensor, padding_mask: Tensor | None = None, segments: Tensor | None = None
+    ) -> Tensor:
         return self.net(input_ids, padding_mask, segments)
 
     def _logits(self, batch: dict[str, Tensor]) -> Tensor:
@@ -116,8 +126,9 @@ class PairClassificationTask(TransformerTask):
         self.log("train/acc", acc, on_step=True, on_epoch=False)
         return loss
 
-    def _eval(self, batch: dict[str, Tensor], loss: MeanMetric, acc: BinaryAccuracy,
-              f1: BinaryF1Score) -> Tensor:
+    def _eval(
+        self, batch: dict[str, Tensor], loss: MeanMetric, acc: BinaryAccuracy, f1: BinaryF1Score
+    ) -> Tensor:
         logits, labels = self._logits(batch), batch["labels"]
         loss.update(F.cross_entropy(logits, labels), weight=len(labels))
         preds = logits.argmax(-1)

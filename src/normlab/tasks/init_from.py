@@ -31,8 +31,20 @@ log = logging.getLogger("normlab")
 
 PREFIX = "net.encoder."
 # ModelConfig fields that decide the encoder's parameters or the function it computes.
-ARCH_KEYS = ("arch", "norm", "norm_args", "depth", "d_model", "n_heads", "d_ffn", "activation",
-             "norm_layer", "pos_encoding", "rope_base", "bias")
+ARCH_KEYS = (
+    "arch",
+    "norm",
+    "norm_args",
+    "depth",
+    "d_model",
+    "n_heads",
+    "d_ffn",
+    "activation",
+    "norm_layer",
+    "pos_encoding",
+    "rope_base",
+    "bias",
+)
 
 
 def _digest(text: str) -> str:
@@ -58,7 +70,7 @@ def read_encoder_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[s
         raise ConfigError(
             f"model.init_from: {path} is not a normlab checkpoint (no '{CHECKPOINT_KEY}' entry)"
         )
-    state = {k[len(PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(PREFIX)}
+    state = {k[len(PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(PREFIX)}
     if not state:
         raise ConfigError(
             f"model.init_from: {path} holds no encoder weights (task {extra.get('task')}); "

@@ -23,8 +23,9 @@ IGNORE_INDEX = -100
 
 
 class LanguageModelTask(TransformerTask):
-    def __init__(self, model: dict, optim: dict, vocab_size: int, data: dict | None = None,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, model: dict, optim: dict, vocab_size: int, data: dict | None = None, seed: int = 0
+    ) -> None:
         super().__init__(model, optim, vocab_size, data, seed)
         if self.model_cfg.arch != "decoder":
             raise ConfigError(
@@ -77,8 +78,9 @@ class LanguageModelTask(TransformerTask):
         self.test_ppl.reset()
 
     @torch.no_grad()
-    def generate(self, prompt: Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None) -> Tensor:
+    def generate(
+        self, prompt: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None
+    ) -> Tensor:
         """Sample continuations of ``prompt`` [B, T] with cached keys/values."""
         cache: Any = [{} for _ in range(len(self.net.decoder.layers))]
         logits = self.net(prompt, cache=cache)[:, -1]

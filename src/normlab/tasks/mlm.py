@@ -59,8 +59,13 @@ class MaskedLM(nn.Module):
     def norm_strategy(self) -> nn.Module:
         return self.encoder.norm_strategy
 
-    def forward(self, ids: Tensor, segments: Tensor | None = None, labels: Tensor | None = None,
-                padding_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        ids: Tensor,
+        segments: Tensor | None = None,
+        labels: Tensor | None = None,
+        padding_mask: Tensor | None = None,
+    ) -> Tensor:
         """Logits [n_selected, V] at positions where ``labels`` != -100 (all positions if None)."""
         h = self.encoder(ids, padding_mask, segments)
         if labels is not None:
@@ -69,8 +74,9 @@ class MaskedLM(nn.Module):
 
 
 class MaskedLMTask(TransformerTask):
-    def __init__(self, model: dict, optim: dict, vocab_size: int, data: dict | None = None,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, model: dict, optim: dict, vocab_size: int, data: dict | None = None, seed: int = 0
+    ) -> None:
         super().__init__(model, optim, vocab_size, data, seed)
         if self.model_cfg.arch != "encoder":
             raise ConfigError(

@@ -91,8 +91,9 @@ class TranslationTask(TransformerTask):
         """(label-smoothed loss, plain NLL, number of target tokens), both per-token means."""
         logits = self.net(batch["src"], batch["src_mask"], batch["tgt_in"]).float().flatten(0, 1)
         labels = batch["labels"].flatten()
-        smoothed = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX,
-                                   label_smoothing=self.hparams.label_smoothing)
+        smoothed = F.cross_entropy(
+            logits, labels, ignore_index=IGNORE_INDEX, label_smoothing=self.hparams.label_smoothing
+        )
         nll = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
         return smoothed, nll, int((labels != IGNORE_INDEX).sum())
 
@@ -108,14 +109,18 @@ class TranslationTask(TransformerTask):
         """Detokenised translations of a padded source batch (beam 1 = greedy)."""
         tok, hp = self.tokenizer, self.hparams
         beam = hp.beam_size if beam_size is None else beam_size
-        common = {"bos_id": tok.bos_id, "eos_id": tok.eos_id,
-                  "max_len": max_lengths(src_mask, hp.max_len_ratio, hp.max_len_offset),
-                  "banned": [i for i in range(len(SPECIAL_TOKENS)) if i != tok.eos_id]}
+        common = {
+            "bos_id": tok.bos_id,
+            "eos_id": tok.eos_id,
+            "max_len": max_lengths(src_mask, hp.max_len_ratio, hp.max_len_offset),
+            "banned": [i for i in range(len(SPECIAL_TOKENS)) if i != tok.eos_id],
+        }
         if beam == 1:
             ids = greedy_decode(self.net, src, src_mask, **common)
         else:
-            ids = beam_search(self.net, src, src_mask, beam_size=beam,
-                              length_penalty=hp.length_penalty, **common)
+            ids = beam_search(
+                self.net, src, src_mask, beam_size=beam, length_penalty=hp.length_penalty, **common
+            )
         return [tok.decode(row) for row in ids]
 
     def _collect(self, batch: dict[str, Any], rows: Tensor, beam_size: int) -> None:
@@ -171,10 +176,14 @@ class TranslationTask(TransformerTask):
         scores = corpus_scores([hyps[i] for i in order], [refs[i] for i in order])
         src, tgt, test_set = self._data_names()
         name = test_set if split == "test" else "val"
-        settings = {"split": name, "pair": f"{src}-{tgt}", "beam_size": beam_size,
-                    "length_penalty": self.hparams.length_penalty,
-                    "max_len": f"{self.hparams.max_len_ratio} * src_len + {self.hparams.max_len_offset}",
-                    "trained_steps": max(int(self.global_step), self._checkpoint_step)}
+        settings = {
+            "split": name,
+            "pair": f"{src}-{tgt}",
+            "beam_size": beam_size,
+            "length_penalty": self.hparams.length_penalty,
+            "max_len": f"{self.hparams.max_len_ratio} * src_len + {self.hparams.max_len_offset}",
+            "trained_steps": max(int(self.global_step), self._checkpoint_step),
+        }
         self.last_scores[split] = {**scores.as_dict(), **settings}
         if self.trainer.is_global_zero:
             self._report(split, name, tgt, [hyps[i] for i in order], scores, settings)
@@ -182,11 +191,14 @@ class TranslationTask(TransformerTask):
 
     def _report(self, split: str, name: str, tgt: str, hyps: list[str], scores: Any, settings: dict) -> None:
         folder = Path(self.hparams.hypotheses_dir or Path(self.trainer.default_root_dir) / "hypotheses")
-        path = write_hypotheses(folder / f"{name}.{settings['pair']}.beam{settings['beam_size']}.{tgt}",
-                                hyps, scores, settings)
-        line = (f"{split} {name} {settings['pair']} beam={settings['beam_size']}: "
-                f"BLEU {scores.bleu:.2f} [{scores.bleu_signature}]  chrF {scores.chrf:.2f} "
-                f"[{scores.chrf_signature}]  ({scores.n_sentences} sentences, hypotheses: {path})")
+        path = write_hypotheses(
+            folder / f"{name}.{settings['pair']}.beam{settings['beam_size']}.{tgt}", hyps, scores, settings
+        )
+        line = (
+            f"{split} {name} {settings['pair']} beam={settings['beam_size']}: "
+            f"BLEU {scores.bleu:.2f} [{scores.bleu_signature}]  chrF {scores.chrf:.2f} "
+            f"[{scores.chrf_signature}]  ({scores.n_sentences} sentences, hypotheses: {path})"
+        )
         if split == "test":
             self.print(line)
         for logger in self.loggers:
