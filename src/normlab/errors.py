@@ -11,3 +11,7 @@ class ConfigError(ValueError):
 
 class DataError(ConfigError):
     """A data set could not be found, downloaded or verified; the message says how to provide it."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradients became non-finite; no checkpoint was written after that step."""

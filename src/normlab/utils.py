@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from normlab.errors import ConfigError
+from normlab.errors import ConfigError, TrainingDiverged
 
 
 def instantiate_callbacks(node: DictConfig | None) -> list[L.Callback]:
@@ -79,7 +79,9 @@ def log_description(loggers: list[Any], description: dict[str, Any], cfg: DictCo
 
 
 def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a Hydra task function: a ConfigError becomes one line on stderr and exit code 2.
+    """Wrap a Hydra task function: one line on stderr instead of a traceback, and a non-zero exit.
+
+    ConfigError (bad input) exits with code 2, TrainingDiverged (nan/inf gradients) with code 3.
 
     Hydra reports ordinary exceptions with a traceback; SystemExit passes through it untouched.
     """
@@ -91,6 +93,9 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except ConfigError as err:
             sys.stderr.write(f"normlab: error: {err}\n")
             sys.exit(2)
+        except TrainingDiverged as err:
+            sys.stderr.write(f"normlab: error: {err}\n")
+            sys.exit(3)
 
     return wrapper
 
