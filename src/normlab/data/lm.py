@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from normlab.data.sampling import ResumableSampler, resume_position
+from normlab.data.sampling import train_sampler
 from normlab.data.sources import DATASETS, atomic_output, ensure_dataset
 from normlab.data.tokenizer import TextTokenizer, TokenizerSettings, split_corpus, train_or_load
 from normlab.errors import ConfigError
@@ -228,7 +228,7 @@ class LMDataModule(L.LightningDataModule):
         self.setup()
         train = split == "train"
         windows = TokenWindows(self.ids[split], self.seq_len)
-        sampler = self._train_sampler(windows) if train else None
+        sampler = train_sampler(windows, self.trainer, self.batch_size, self.seed) if train else None
         return DataLoader(
             windows,
             batch_size=self.batch_size,
@@ -238,16 +238,6 @@ class LMDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
-
-    def _train_sampler(self, windows: TokenWindows) -> ResumableSampler:
-        """Shuffled order fixed by (seed, epoch, rank); resumes mid-epoch where the checkpoint was."""
-        trainer = self.trainer
-        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = ResumableSampler(windows, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
-        epoch, done = resume_position(trainer, len(sampler) // self.batch_size)
-        sampler.set_epoch(epoch)
-        sampler.resume(epoch, done * self.batch_size)
-        return sampler
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -34,7 +34,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from normlab.data.lm import unigram_cross_entropy
-from normlab.data.sampling import ResumableSampler, resume_position
+from normlab.data.sampling import train_sampler
 from normlab.data.sources import DATASETS, atomic_output, ensure_dataset
 from normlab.data.tokenizer import (
     SPECIAL_TOKENS,
@@ -333,14 +333,7 @@ class MLMDataModule(L.LightningDataModule):
             self.random_frac,
             seed=None if train else self.eval_mask_seed,
         )
-        sampler = None
-        if train:
-            trainer = self.trainer
-            world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
-            sampler = ResumableSampler(data, num_replicas=world, rank=rank, seed=self.seed)
-            epoch, done = resume_position(trainer, len(sampler) // self.batch_size)
-            sampler.set_epoch(epoch)
-            sampler.resume(epoch, done * self.batch_size)
+        sampler = train_sampler(data, self.trainer, self.batch_size, self.seed) if train else None
         return DataLoader(
             data,
             batch_size=self.batch_size,

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from normlab.data.sampling import ResumableSampler, resume_position
+from normlab.data.sampling import train_sampler
 from normlab.data.sources import DATASETS, ensure_dataset
 from normlab.data.tokenizer import TextTokenizer, TokenizerSettings, train_or_load
 from normlab.errors import ConfigError
@@ -217,14 +217,7 @@ class PairsDataModule(L.LightningDataModule):
     def _loader(self, split: str) -> DataLoader:
         data = PairDataset(self.examples(split))
         train = split == "train"
-        sampler = None
-        if train:
-            trainer = self.trainer
-            world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
-            sampler = ResumableSampler(data, num_replicas=world, rank=rank, seed=self.seed)
-            epoch, done = resume_position(trainer, len(sampler) // self.batch_size)
-            sampler.set_epoch(epoch)
-            sampler.resume(epoch, done * self.batch_size)
+        sampler = train_sampler(data, self.trainer, self.batch_size, self.seed) if train else None
         return DataLoader(
             data,
             batch_size=self.batch_size,

@@ -66,3 +66,14 @@ def resume_position(trainer: Any, batches_per_epoch: int) -> tuple[int, int]:
     if done >= batches_per_epoch:
         return epoch, 0
     return epoch, done
+
+
+def train_sampler(dataset: Dataset, trainer: Any, batch_size: int, seed: int) -> ResumableSampler:
+    """The shuffled training sampler of every datamodule: order fixed by ``(seed, epoch, rank)``,
+    positioned where a restored trainer left off (at the start when there is no trainer)."""
+    world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+    sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    epoch, done = resume_position(trainer, len(sampler) // batch_size)
+    sampler.set_epoch(epoch)
+    sampler.resume(epoch, done * batch_size)
+    return sampler
