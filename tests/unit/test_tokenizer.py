@@ -56,6 +56,18 @@ def test_special_tokens_have_fixed_ids(bpe: TextTokenizer) -> None:
     assert bpe.vocab_size == 2048
 
 
+def test_bert_special_token_names_and_legacy_pad_name_still_loads(bpe: TextTokenizer) -> None:
+    """The MLM/MRPC path needs BERT's [CLS] [SEP] [MASK] [PAD]; checkpoints from before the pad
+    token was renamed (it was <pad>, same id 0) must stay loadable."""
+    assert {"[CLS]", "[SEP]", "[MASK]", "[PAD]"} <= set(SPECIAL_TOKENS)
+    legacy = bpe.to_json().replace('"[PAD]"', '"<pad>"')
+    old = TextTokenizer.from_json(legacy)
+    assert old.id_to_token(0) == "<pad>" and old.pad_id == 0
+    assert old.encode("To be, or not") == bpe.encode("To be, or not")
+    with pytest.raises(ConfigError, match=r"special token \[PAD\] must have id 0"):
+        TextTokenizer.from_json(bpe.to_json().replace('"[PAD]"', '"<nopad>"'))
+
+
 def test_byte_level_round_trip_is_exact(bpe: TextTokenizer, corpora: dict[str, str]) -> None:
     lines = corpora["heldout"].splitlines(keepends=True)[:400]
     lines += ["  odd   spacing\t\n", "ünïcødé ✓", "\n\n\n"]

@@ -9,7 +9,7 @@ the original labelled MSRP test set, so test numbers compare with papers reporti
 An example is ``[CLS] a [SEP] b [SEP]`` with segment ids 0 for ``[CLS] a [SEP]`` and 1 for
 ``b [SEP]`` (Devlin et al. 2019, Sec. 3). Pairs longer than ``max_len`` are cut longest-first,
 one token at a time, as BERT's ``_truncate_seq_pair``. Batches are padded on the right to their
-longest example with ``<pad>`` (id 0); ``padding_mask`` is True on real tokens.
+longest example with ``[PAD]`` (id 0); ``padding_mask`` is True on real tokens.
 
 Tokenizer, in order of precedence: ``tokenizer_json`` (what eval.py passes from a checkpoint),
 the tokenizer saved in the checkpoint ``tokenizer_from`` (``configs/data/mrpc.yaml`` sets it to

@@ -29,9 +29,11 @@ from normlab.errors import ConfigError
 
 log = logging.getLogger("normlab.data")
 
-SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>", "[CLS]", "[SEP]", "[MASK]")
+SPECIAL_TOKENS = ("[PAD]", "<unk>", "<bos>", "<eos>", "[CLS]", "[SEP]", "[MASK]")
+# Checkpoints written before the pad token was named [PAD] (BERT's name) call it <pad>; same id.
+_LEGACY_NAMES = {"[PAD]": ("<pad>",)}
 KINDS = ("bpe", "unigram")
-_FORMAT = 1  # bump when the training recipe changes, so stale caches are not reused
+_FORMAT = 2  # bump when the training recipe changes, so stale caches are not reused
 # Split after a single newline that follows a non-space and precedes a non-space: there the
 # GPT-2 pre-tokenizer regex ends a token in both the chunk and the whole text.
 _UNIGRAM_PENALTY_STEP = 1e-4  # tokenizers' UnigramTrainer: spacing of kept-char scores
@@ -85,7 +87,8 @@ class TextTokenizer:
 
     def __init__(self, tokenizer: Tokenizer, settings: TokenizerSettings) -> None:
         for i, tok in enumerate(SPECIAL_TOKENS):
-            if tokenizer.token_to_id(tok) != i:
+            names = (tok, *_LEGACY_NAMES.get(tok, ()))
+            if all(tokenizer.token_to_id(name) != i for name in names):
                 raise ConfigError(
                     f"data.tokenizer: special token {tok} must have id {i}, got "
                     f"{tokenizer.token_to_id(tok)}; the tokenizer json is not a normlab tokenizer"
