@@ -28,6 +28,7 @@ from normlab.tasks.base import CHECKPOINT_KEY
 from normlab.utils import (
     format_description,
     instantiate_callbacks,
+    instantiate_checked,
     instantiate_loggers,
     log_description,
     rank_zero_print,
@@ -160,17 +161,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _instantiate(key: str, node: Any, **kwargs: Any) -> Any:
     """hydra instantiate with a one-line ConfigError for unknown / wrongly typed arguments."""
-    try:
-        return instantiate(node, _convert_="all", _recursive_=False, **kwargs)
-    except ConfigError:
-        raise
-    except Exception as err:  # hydra wraps the constructor's exception
-        cause = err.__cause__ or err
-        if isinstance(cause, ConfigError):
-            raise cause from None
-        if isinstance(cause, TypeError):
-            raise ConfigError(f"{key}: {str(cause).splitlines()[0]}") from err
-        raise
+    return instantiate_checked(key, node, _convert_="all", _recursive_=False, **kwargs)
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:

@@ -17,17 +17,38 @@ from omegaconf import DictConfig, OmegaConf
 from normlab.errors import ConfigError, TrainingDiverged
 
 
-def instantiate_callbacks(node: DictConfig | None) -> list[L.Callback]:
-    """Every entry with a ``_target_`` becomes a callback (adding one = adding a YAML file)."""
+def instantiate_checked(key: str, node: Any, **kwargs: Any) -> Any:
+    """hydra ``instantiate`` whose bad arguments end as a one-line ConfigError naming ``key``."""
+    try:
+        return instantiate(node, **kwargs)
+    except ConfigError:
+        raise
+    except Exception as err:  # hydra wraps the constructor's exception
+        cause = err.__cause__ or err
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        if isinstance(cause, TypeError):
+            raise ConfigError(f"{key}: {str(cause).splitlines()[0]}") from err
+        raise
+
+
+def _instantiate_group(group: str, node: DictConfig | None) -> list[Any]:
+    """Every entry with a ``_target_`` becomes an object (adding one = adding a YAML file)."""
     if not node:
         return []
-    return [instantiate(c) for c in node.values() if isinstance(c, DictConfig) and "_target_" in c]
+    return [
+        instantiate_checked(f"{group}.{name}", c)
+        for name, c in node.items()
+        if isinstance(c, DictConfig) and "_target_" in c
+    ]
+
+
+def instantiate_callbacks(node: DictConfig | None) -> list[L.Callback]:
+    return _instantiate_group("callbacks", node)
 
 
 def instantiate_loggers(node: DictConfig | None) -> list[Any]:
-    if not node:
-        return []
-    return [instantiate(c) for c in node.values() if isinstance(c, DictConfig) and "_target_" in c]
+    return _instantiate_group("logger", node)
 
 
 @rank_zero_only

@@ -11,6 +11,7 @@ record per-step global losses (tests/distributed/recorder.py).
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -43,6 +44,8 @@ CKPT = [
     "~callbacks.lr_monitor",
 ]
 
+MONITOR = {"_target_": "normlab.callbacks.stability.StabilityMonitor", "every_n_steps": 2}
+
 
 def recorder_args(out: Path) -> list[str]:
     return [
@@ -60,7 +63,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict:
     ref_cfg = compose_config(
         "train",
         COMMON
-        + ["data.batch_size=8", "callbacks=none", "~logger", "test=false", *recorder_args(base / "ref")],
+        + ["data.batch_size=8", "callbacks=none", "~logger", "test=false", *recorder_args(base / "ref")]
+        + [f"+callbacks.stability_monitor.{k}={v}" for k, v in MONITOR.items()],
         base / "ref_run",
         data_dir,
     )
@@ -70,6 +74,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict:
         "data.batch_size=4",
         "model.activation_checkpointing=true",
         "logger=csv",
+        "callbacks.stability_monitor.every_n_steps=2",
         *CKPT,
         f"paths.data_dir={data_dir}",
     ]
@@ -173,3 +178,14 @@ def test_eval_reads_the_sharded_checkpoint_directory(runs: dict, make_cfg, tmp_p
     cfg = make_cfg("eval", [f"ckpt_path={ckpt}", "trainer.limit_test_batches=4"], out_dir=tmp_path)
     metrics, _ = evaluate(cfg)
     assert metrics["test/loss"] == pytest.approx(runs["two_node"][0]["metrics"]["test/loss"], abs=1e-5)
+
+
+def test_stability_monitor_reduces_sharded_gradients_to_the_full_block_norms(runs: dict) -> None:
+    """Per-block gradient norms from FSDP shards (one all-reduce) equal the single-process ones."""
+    ref = [json.loads(x) for x in (runs["base"] / "ref_run" / "stability.jsonl").read_text().splitlines()]
+    two = [json.loads(x) for x in (runs["run_dir"] / "stability.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in two] == [r["step"] for r in ref] == [1, 3, 5]
+    for a, b in zip(two, ref, strict=True):
+        assert a["decoder"]["grad_norm"] == pytest.approx(b["decoder"]["grad_norm"], rel=2e-3)
+        # mean over ranks of per-rank RMS vs RMS over the whole batch: close, not identical
+        assert a["decoder"]["act_rms"] == pytest.approx(b["decoder"]["act_rms"], rel=5e-2)

@@ -61,6 +61,7 @@ class TransformerStack(nn.Module):
 
     def __init__(self, cfg: Any, strategy: NormStrategy, stack: str, depth: int, cross: bool) -> None:
         super().__init__()
+        self.stack = stack  # "encoder" | "decoder": names the stack in logs and monitors
         self.layers = nn.ModuleList(TransformerBlock(cfg, strategy, stack, i, cross) for i in range(depth))
         self.final_norm = strategy.final_norm(stack)
 
