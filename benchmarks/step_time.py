@@ -44,6 +44,7 @@ def measure(norm: str, depth: int, variant: str, args: argparse.Namespace) -> di
     from normlab.models.init import build_model, materialize
 
     torch.manual_seed(0)
+    torch.set_flush_denormal(not args.keep_denormals)  # as training does (run.set_flush_denormal)
     cfg = validate_model_config(
         {
             "norm": norm,
@@ -108,6 +109,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--timeout", type=int, default=900, help="seconds per configuration")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument(
+        "--keep-denormals",
+        action="store_true",
+        help="compute on subnormal floats (training flushes them: flush_denormal=true)",
+    )
     parser.add_argument("--one", nargs=3, metavar=("NORM", "DEPTH", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -125,6 +131,7 @@ def main() -> None:
         f"--batch={args.batch}",
         f"--steps={args.steps}",
         f"--warmup={args.warmup}",
+        *(["--keep-denormals"] if args.keep_denormals else []),
     ]
     for depth in args.depths:
         for norm in args.norms:
@@ -165,7 +172,8 @@ def print_row(row: dict, rows: list[dict]) -> None:
 def print_table(rows: list[dict], args: argparse.Namespace) -> None:
     print(
         f"d_model={args.d_model} heads={args.heads} seq={args.seq} batch={args.batch} vocab={args.vocab} "
-        f"steps={args.steps} (median after {args.warmup} warm-up steps)"
+        f"steps={args.steps} (median after {args.warmup} warm-up steps), "
+        f"{'subnormals kept' if args.keep_denormals else 'subnormals flushed'}"
     )
     header = "| norm | depth | variant | params (M) | build s | step s | ratio | tokens/s | peak RSS MB |"
     print(header)

@@ -58,6 +58,7 @@ def build_trainer(cfg: DictConfig, callbacks: list[L.Callback], loggers: list[An
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit (and optionally test) the task described by ``cfg``."""
+    set_flush_denormal(bool(cfg.get("flush_denormal", True)))
     L.seed_everything(cfg.seed, workers=True)
     model_cfg = validate_model_config(cfg.model)
     optim_cfg = validate_optim_config(cfg.optim)
@@ -136,6 +137,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     data_cfg["tokenizer_json"] = extra["tokenizer"]
     datamodule = _instantiate("data", data_cfg)
 
+    set_flush_denormal(bool(cfg.get("flush_denormal", True)))
     L.seed_everything(cfg.seed, workers=True)
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer = build_trainer(cfg, instantiate_callbacks(cfg.get("callbacks")), loggers)
@@ -157,6 +159,18 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         (out_dir / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
         rank_zero_print(f"metrics written to {out_dir / 'metrics.json'}")
     return metrics, {"cfg": cfg, "task": task, "trainer": trainer, "datamodule": datamodule}
+
+
+def set_flush_denormal(flush: bool) -> None:
+    """Treat subnormal floats (|x| < 1.2e-38 in fp32) as zero on the CPU, for this process.
+
+    Why: in deep Post-LN stacks (postln, branchnorm, ...) the backward signal of the lower layers
+    shrinks into the subnormal range, and x86 CPUs compute on subnormals through a microcode path
+    that is tens of times slower. Measured here at depth 1000 (d_model 64): Post-LN 30.5 s/step with
+    subnormals against 4.6 s for Pre-LN; flushing brings Post-LN back in line. Values that small are
+    zero for training purposes. No effect on GPUs; ``flush_denormal=false`` keeps IEEE behaviour.
+    """
+    torch.set_flush_denormal(flush)
 
 
 def _instantiate(key: str, node: Any, **kwargs: Any) -> Any:
