@@ -17,11 +17,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from normlab.data.base import SplitDataModule, check_int
 from normlab.data.sampling import train_sampler
 from normlab.data.sources import DATASETS, atomic_output, ensure_dataset
 from normlab.data.tokenizer import TextTokenizer, TokenizerSettings, split_corpus, train_or_load
@@ -66,15 +66,15 @@ def unigram_cross_entropy(train_ids: Tensor, eval_ids: Tensor, vocab_size: int) 
     return float(-log_p[eval_ids].mean())
 
 
-class LMDataModule(L.LightningDataModule):
+class LMDataModule(SplitDataModule):
     """Tiny Shakespeare (or the staged WikiText-2 files) for next-token prediction."""
 
     def __init__(
         self,
         dataset: str = "tinyshakespeare",
         data_dir: str = "data",
-        seq_len: int = 128,
-        batch_size: int = 16,
+        seq_len: int = 64,
+        batch_size: int = 8,
         num_workers: int = 0,
         tokenizer: dict | TokenizerSettings | None = None,
         splits: tuple[float, float, float] = (0.9, 0.05, 0.05),
@@ -84,9 +84,9 @@ class LMDataModule(L.LightningDataModule):
         super().__init__()
         if dataset not in CORPORA:
             raise ConfigError(f"data.dataset: unknown {dataset!r}; choose one of {', '.join(CORPORA)}")
-        _check_int("seq_len", seq_len, 2)
-        _check_int("batch_size", batch_size, 1)
-        _check_int("num_workers", num_workers, 0)
+        check_int("seq_len", seq_len, 2)
+        check_int("batch_size", batch_size, 1)
+        check_int("num_workers", num_workers, 0)
         splits = tuple(splits)
         if (
             len(splits) != 3
@@ -238,17 +238,3 @@ class LMDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-
-def _check_int(key: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"data.{key}: must be an integer >= {minimum}, got {value!r}")

@@ -28,11 +28,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from normlab.data.base import SplitDataModule, check_int
 from normlab.data.lm import unigram_cross_entropy
 from normlab.data.sampling import train_sampler
 from normlab.data.sources import DATASETS, atomic_output, ensure_dataset
@@ -155,7 +155,7 @@ class MaskingCollator:
         }
 
 
-class MLMDataModule(L.LightningDataModule):
+class MLMDataModule(SplitDataModule):
     """The English pretraining corpus as masked ``[CLS] a [SEP] b [SEP]`` examples."""
 
     def __init__(
@@ -181,13 +181,9 @@ class MLMDataModule(L.LightningDataModule):
             raise ConfigError(
                 f"data.corpora: {unknown or corpora!r} is not a non-empty list of {', '.join(CORPORA)}"
             )
-        for key, value, lo in (
-            ("seq_len", seq_len, 8),
-            ("batch_size", batch_size, 1),
-            ("num_workers", num_workers, 0),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-                raise ConfigError(f"data.{key}: must be an integer >= {lo}, got {value!r}")
+        check_int("seq_len", seq_len, 8)
+        check_int("batch_size", batch_size, 1)
+        check_int("num_workers", num_workers, 0)
         if not 0.0 < mask_prob < 1.0:
             raise ConfigError(f"data.mask_prob: must be in (0, 1), got {mask_prob}")
         if mask_frac < 0 or random_frac < 0 or mask_frac + random_frac > 1.0:
@@ -343,12 +339,3 @@ class MLMDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from normlab.data.base import SplitDataModule, check_int
 from normlab.data.sampling import train_sampler
 from normlab.data.sources import DATASETS, ensure_dataset
 from normlab.data.tokenizer import TextTokenizer, TokenizerSettings, train_or_load
@@ -106,7 +106,7 @@ class PairDataset(Dataset):
         return self.examples[i]
 
 
-class PairsDataModule(L.LightningDataModule):
+class PairsDataModule(SplitDataModule):
     """MRPC train / val / test as padded pair batches; labels 0/1 (1 = paraphrase)."""
 
     n_classes = 2
@@ -126,13 +126,9 @@ class PairsDataModule(L.LightningDataModule):
         super().__init__()
         if dataset not in PAIR_DATASETS:
             raise ConfigError(f"data.dataset: unknown {dataset!r}; choose one of {', '.join(PAIR_DATASETS)}")
-        for key, value, lo in (
-            ("max_len", max_len, 8),
-            ("batch_size", batch_size, 1),
-            ("num_workers", num_workers, 0),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-                raise ConfigError(f"data.{key}: must be an integer >= {lo}, got {value!r}")
+        check_int("max_len", max_len, 8)
+        check_int("batch_size", batch_size, 1)
+        check_int("num_workers", num_workers, 0)
         self.dataset, self.data_dir = dataset, Path(data_dir)
         self.max_len, self.batch_size, self.num_workers = max_len, batch_size, num_workers
         self.settings = TokenizerSettings.parse(tokenizer)
@@ -227,15 +223,6 @@ class PairsDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
 
 
 def checkpoint_tokenizer(path: str | Path) -> str:

@@ -26,12 +26,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from normlab.data.base import SplitDataModule, check_int
 from normlab.data.sources import DATASETS, atomic_output, ensure_dataset
 from normlab.data.tokenizer import TextTokenizer, TokenizerSettings, train_or_load
 from normlab.errors import ConfigError
@@ -171,7 +171,7 @@ class TokenBatchSampler(Sampler[list[int]]):
         return self._n_batches
 
 
-class TranslationDataModule(L.LightningDataModule):
+class TranslationDataModule(SplitDataModule):
     """Multi30k task 1: train / val / one test set, for a ``src_lang`` -> ``tgt_lang`` pair."""
 
     def __init__(
@@ -206,14 +206,10 @@ class TranslationDataModule(L.LightningDataModule):
                 f"data.test_set: {test_set} has no {missing[0]} side; for {src_lang}-{tgt_lang} use one of "
                 f"{', '.join(has)}"
             )
-        for key, value, low in (
-            ("max_tokens", max_tokens, 16),
-            ("max_len", max_len, 2),
-            ("num_workers", num_workers, 0),
-            ("seed", seed, 0),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"data.{key}: must be an integer >= {low}, got {value!r}")
+        check_int("max_tokens", max_tokens, 16)
+        check_int("max_len", max_len, 2)
+        check_int("num_workers", num_workers, 0)
+        check_int("seed", seed, 0)
         if eval_max_tokens is not None and (not isinstance(eval_max_tokens, int) or eval_max_tokens < 16):
             raise ConfigError(f"data.eval_max_tokens: need null or an int >= 16, got {eval_max_tokens}")
         if tokenizer_json is not None and not isinstance(tokenizer_json, str):
@@ -366,12 +362,3 @@ class TranslationDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
