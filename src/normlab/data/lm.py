@@ -22,7 +22,6 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from normlab.data.base import SplitDataModule, check_int
-from normlab.data.sampling import train_sampler
 from normlab.data.sources import DATASETS, atomic_output, ensure_dataset
 from normlab.data.tokenizer import TextTokenizer, TokenizerSettings, split_corpus, train_or_load
 from normlab.errors import ConfigError
@@ -150,24 +149,12 @@ class LMDataModule(SplitDataModule):
         a, b = int(len(text) * s_train), int(len(text) * (s_train + s_val))
         return {"train": text[:a], "val": text[a:b], "test": text[b:]}
 
-    @property
-    def tokenizer(self) -> TextTokenizer:
-        return self.prepare_tokenizer()
-
-    def prepare_tokenizer(self) -> TextTokenizer:
-        """Fetch the data and train (or load) the tokenizer; call before building the model."""
-        if self._tokenizer is None:
-            if self.tokenizer_json is not None:
-                self._tokenizer = TextTokenizer.from_json(self.tokenizer_json, self.settings)
-            else:
-                train_text = self.split_texts()["train"]
-                self._tokenizer = train_or_load(
-                    self.settings,
-                    lambda: split_corpus(train_text),
-                    self.cache_dir,
-                    self.fingerprint,
-                )
-        return self._tokenizer
+    def _build_tokenizer(self) -> TextTokenizer:
+        """Byte-level BPE (or unigram) trained on the train range only, cached."""
+        train_text = self.split_texts()["train"]
+        return train_or_load(
+            self.settings, lambda: split_corpus(train_text), self.cache_dir, self.fingerprint
+        )
 
     def prepare_data(self) -> None:
         """Runs once per node (local rank 0) under DDP: fetch, train, encode, fill the caches."""
@@ -226,15 +213,4 @@ class LMDataModule(SplitDataModule):
     # ---- loaders -----------------------------------------------------------------------------
     def _loader(self, split: str) -> DataLoader:
         self.setup()
-        train = split == "train"
-        windows = TokenWindows(self.ids[split], self.seq_len)
-        sampler = train_sampler(windows, self.trainer, self.batch_size, self.seed) if train else None
-        return DataLoader(
-            windows,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            drop_last=train,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
+        return self.batches(TokenWindows(self.ids[split], self.seq_len), split)

@@ -34,7 +34,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from normlab.data.base import SplitDataModule, check_int
 from normlab.data.lm import unigram_cross_entropy
-from normlab.data.sampling import train_sampler
 from normlab.data.sources import DATASETS, atomic_output, ensure_dataset
 from normlab.data.tokenizer import (
     SPECIAL_TOKENS,
@@ -240,21 +239,12 @@ class MLMDataModule(SplitDataModule):
                 out[split].append(parts[split].strip("\n"))
         return {split: "\n\n".join(texts) + "\n" for split, texts in out.items()}
 
-    @property
-    def tokenizer(self) -> TextTokenizer:
-        return self.prepare_tokenizer()
-
-    def prepare_tokenizer(self) -> TextTokenizer:
-        """Train (or load the cached) BPE tokenizer on the train split; call before the model."""
-        if self._tokenizer is None:
-            if self.tokenizer_json is not None:
-                self._tokenizer = TextTokenizer.from_json(self.tokenizer_json, self.settings)
-            else:
-                train_text = self.split_texts()["train"]
-                self._tokenizer = train_or_load(
-                    self.settings, lambda: split_corpus(train_text), self.cache_dir, self.fingerprint
-                )
-        return self._tokenizer
+    def _build_tokenizer(self) -> TextTokenizer:
+        """BPE trained on (or loaded from the cache for) the corpus's train split."""
+        train_text = self.split_texts()["train"]
+        return train_or_load(
+            self.settings, lambda: split_corpus(train_text), self.cache_dir, self.fingerprint
+        )
 
     def data_config(self) -> dict[str, Any]:
         return {
@@ -329,13 +319,4 @@ class MLMDataModule(SplitDataModule):
             self.random_frac,
             seed=None if train else self.eval_mask_seed,
         )
-        sampler = train_sampler(data, self.trainer, self.batch_size, self.seed) if train else None
-        return DataLoader(
-            data,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            drop_last=train,
-            collate_fn=collate,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return self.batches(data, split, collate)

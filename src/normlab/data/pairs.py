@@ -29,7 +29,6 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from normlab.data.base import SplitDataModule, check_int
-from normlab.data.sampling import train_sampler
 from normlab.data.sources import DATASETS, ensure_dataset
 from normlab.data.tokenizer import TextTokenizer, TokenizerSettings, train_or_load
 from normlab.errors import ConfigError
@@ -157,26 +156,15 @@ class PairsDataModule(SplitDataModule):
         return max(range(self.n_classes), key=labels.count)
 
     # ---- tokenizer -----------------------------------------------------------------------------
-    @property
-    def tokenizer(self) -> TextTokenizer:
-        return self.prepare_tokenizer()
-
-    def prepare_tokenizer(self) -> TextTokenizer:
-        if self._tokenizer is None:
-            if self.tokenizer_json is not None:
-                self._tokenizer = TextTokenizer.from_json(self.tokenizer_json)
-            elif self.tokenizer_from is not None:
-                self._tokenizer = TextTokenizer.from_json(checkpoint_tokenizer(self.tokenizer_from))
-            else:
-                train = self.pairs("train")
-                cache = self.data_dir / PAIR_DATASETS[self.dataset][0] / "cache"
-                self._tokenizer = train_or_load(
-                    self.settings,
-                    lambda: [s for p in train for s in (p.a, p.b)],
-                    cache,
-                    self.fingerprint,
-                )
-        return self._tokenizer
+    def _build_tokenizer(self) -> TextTokenizer:
+        """An MLM checkpoint's tokenizer (``tokenizer_from``), else BPE trained on MRPC's train pairs."""
+        if self.tokenizer_from is not None:
+            return TextTokenizer.from_json(checkpoint_tokenizer(self.tokenizer_from))
+        train = self.pairs("train")
+        cache = self.data_dir / PAIR_DATASETS[self.dataset][0] / "cache"
+        return train_or_load(
+            self.settings, lambda: [s for p in train for s in (p.a, p.b)], cache, self.fingerprint
+        )
 
     def data_config(self) -> dict[str, Any]:
         return {
@@ -211,18 +199,7 @@ class PairsDataModule(SplitDataModule):
             self.examples(split)
 
     def _loader(self, split: str) -> DataLoader:
-        data = PairDataset(self.examples(split))
-        train = split == "train"
-        sampler = train_sampler(data, self.trainer, self.batch_size, self.seed) if train else None
-        return DataLoader(
-            data,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            drop_last=train,
-            collate_fn=collate_pairs,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return self.batches(PairDataset(self.examples(split)), split, collate_pairs)
 
 
 def checkpoint_tokenizer(path: str | Path) -> str:

@@ -254,25 +254,16 @@ class TranslationDataModule(SplitDataModule):
             raise ConfigError(f"data: {files[0]} has {len(src)} lines but {files[1]} has {len(tgt)}")
         return src, tgt
 
-    @property
-    def tokenizer(self) -> TextTokenizer:
-        return self.prepare_tokenizer()
-
-    def prepare_tokenizer(self) -> TextTokenizer:
-        """Train (or load the cached) joint BPE on both sides of the train split."""
-        if self._tokenizer is None:
-            if self.tokenizer_json is not None:
-                self._tokenizer = TextTokenizer.from_json(self.tokenizer_json, self.settings)
-            else:
-                by_lang = dict(zip((self.src_lang, self.tgt_lang), self.read_split("train"), strict=True))
-                langs = sorted(by_lang)
-                self._tokenizer = train_or_load(
-                    self.settings,
-                    lambda: (line for lang in langs for line in by_lang[lang]),
-                    self.cache_dir,
-                    self.fingerprint,
-                )
-        return self._tokenizer
+    def _build_tokenizer(self) -> TextTokenizer:
+        """Joint BPE trained on (or loaded from the cache for) both sides of the train split."""
+        by_lang = dict(zip((self.src_lang, self.tgt_lang), self.read_split("train"), strict=True))
+        langs = sorted(by_lang)
+        return train_or_load(
+            self.settings,
+            lambda: (line for lang in langs for line in by_lang[lang]),
+            self.cache_dir,
+            self.fingerprint,
+        )
 
     def prepare_data(self) -> None:
         """Runs once per node under DDP: fetch and verify the files, train/cache the tokenizer."""
