@@ -28,17 +28,7 @@ import lightning as L
 import torch
 
 from normlab.errors import TrainingDiverged
-
-
-def global_grad_norm(module: torch.nn.Module) -> float | None:
-    """The 2-norm of all gradients of ``module`` (over every shard), or None before any backward."""
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
-    if not grads:
-        return None
-    norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
-    if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2: reduce over the shards
-        norm = norm.full_tensor()
-    return float(norm)
+from normlab.tasks.base import global_grad_norm
 
 
 class DivergenceGuard(L.Callback):
@@ -47,8 +37,8 @@ class DivergenceGuard(L.Callback):
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        norm = global_grad_norm(pl_module)
-        if norm is None or math.isfinite(norm):
+        total = global_grad_norm(pl_module)
+        if total is None or math.isfinite(norm := float(total)):
             return
         step = trainer.global_step + 1  # the step that would have been taken
         ckpt = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none written yet"

@@ -23,6 +23,19 @@ from normlab.models.init import materialize
 CHECKPOINT_KEY = "normlab"
 
 
+def global_grad_norm(module: nn.Module) -> torch.Tensor | None:
+    """The 2-norm of all gradients of ``module`` (over every shard), or None before any backward.
+
+    A 0-d tensor on the gradients' device, so logging it does not force a host sync."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return None
+    norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+    if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2: reduce over the shards
+        norm = norm.full_tensor()
+    return norm
+
+
 def lr_factor(step: int, cfg: OptimConfig, total_steps: int) -> float:
     """Multiplier on ``cfg.lr`` at optimizer step ``step``: linear warm-up, then the decay."""
     warmup = cfg.warmup_steps
@@ -94,13 +107,9 @@ class TransformerTask(L.LightningModule):
         }
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if not grads:
-            return
-        norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
-        if hasattr(norm, "full_tensor"):
-            norm = norm.full_tensor()
-        self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+        norm = global_grad_norm(self)
+        if norm is not None:
+            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
 
     # --- checkpoints ------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
