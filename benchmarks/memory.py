@@ -68,7 +68,9 @@ def measure(
     from normlab.config import validate_model_config
     from normlab.distributed import apply_activation_checkpointing
     from normlab.models.init import build_model, materialize
+    from normlab.run import set_flush_denormal
 
+    set_flush_denormal(True)  # as training does by default (flush_denormal: true)
     torch.manual_seed(0)
     cfg = validate_model_config(
         {

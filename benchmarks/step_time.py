@@ -22,14 +22,9 @@ import sys
 import time
 from pathlib import Path
 
+from memory import status_mb  # benchmarks/memory.py, beside this script
+
 VARIANTS = ("fp32", "ac", "bf16-mixed", "bf16-true", "fused")
-
-
-def peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def measure(norm: str, depth: int, variant: str, args: argparse.Namespace) -> dict:
@@ -42,9 +37,10 @@ def measure(norm: str, depth: int, variant: str, args: argparse.Namespace) -> di
     from normlab.config import validate_model_config
     from normlab.distributed import apply_activation_checkpointing
     from normlab.models.init import build_model, materialize
+    from normlab.run import set_flush_denormal
 
     torch.manual_seed(0)
-    torch.set_flush_denormal(not args.keep_denormals)  # as training does (run.set_flush_denormal)
+    set_flush_denormal(not args.keep_denormals)  # as training does by default
     cfg = validate_model_config(
         {
             "norm": norm,
@@ -88,7 +84,7 @@ def measure(norm: str, depth: int, variant: str, args: argparse.Namespace) -> di
         "build_s": build_s,
         "step_s": median,
         "tokens_per_s": args.batch * args.seq / median,
-        "peak_mb": peak_rss_mb(),
+        "peak_mb": status_mb("VmHWM"),
         "loss": float(loss),
     }
 
