@@ -140,13 +140,9 @@ def check_fsdp_args(**kwargs: Any) -> None:
 # --- what configure_model applies ---------------------------------------------------------------
 def transformer_blocks(net: nn.Module) -> list[tuple[nn.ModuleList, int]]:
     """(container, index) of every Transformer block, the unit of checkpointing and sharding."""
-    from normlab.models.transformer import TransformerStack
+    from normlab.models.transformer import transformer_stacks
 
-    found = []
-    for module in net.modules():
-        if isinstance(module, TransformerStack):
-            found.extend((module.layers, i) for i in range(len(module.layers)))
-    return found
+    return [(stack.layers, i) for stack in transformer_stacks(net) for i in range(len(stack.layers))]
 
 
 def apply_activation_checkpointing(net: nn.Module) -> nn.Module:

@@ -18,8 +18,9 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from normlab.callbacks.stability import StabilityMonitor, stacks_of
+from normlab.callbacks.stability import StabilityMonitor
 from normlab.errors import ConfigError
+from normlab.models.transformer import transformer_stacks
 from normlab.run import train
 
 pytestmark = pytest.mark.slow
@@ -36,7 +37,7 @@ class DirectBlockNorms(L.Callback):
         self.by_step: dict[int, list[float]] = {}
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        (stack,) = stacks_of(pl_module)
+        (stack,) = transformer_stacks(pl_module)
         self.by_step[trainer.global_step + 1] = [
             float(torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in b.parameters()])))
             for b in stack.layers

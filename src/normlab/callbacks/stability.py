@@ -34,11 +34,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from normlab.errors import ConfigError
-from normlab.models.transformer import TransformerStack
-
-
-def stacks_of(module: nn.Module) -> list[TransformerStack]:
-    return [m for m in module.modules() if isinstance(m, TransformerStack)]
+from normlab.models.transformer import TransformerStack, transformer_stacks
 
 
 def _local(t: Tensor) -> tuple[Tensor, bool]:
@@ -81,7 +77,7 @@ class StabilityMonitor(L.Callback):
         if not self._due(trainer) or self._hooks:
             return
         self._act.clear()
-        for stack in stacks_of(pl_module):
+        for stack in transformer_stacks(pl_module):
             for i, block in enumerate(stack.layers):
                 self._hooks.append(block.register_forward_hook(self._recorder(stack.stack, i)))
 
@@ -101,7 +97,7 @@ class StabilityMonitor(L.Callback):
             handle.remove()
         self._hooks.clear()
         record: dict[str, Any] = {"step": trainer.global_step + 1}
-        for stack in stacks_of(pl_module):
+        for stack in transformer_stacks(pl_module):
             grads, acts = self._profile(stack)
             record[stack.stack] = {"grad_norm": grads, "act_rms": acts}
             self._log(pl_module, stack.stack, grads, acts)

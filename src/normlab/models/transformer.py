@@ -71,6 +71,11 @@ class TransformerStack(nn.Module):
         return x if self.final_norm is None else self.final_norm(x)
 
 
+def transformer_stacks(net: nn.Module) -> list[TransformerStack]:
+    """Every stack of ``net`` (encoder before decoder), also when wrapped by FSDP or checkpointing."""
+    return [m for m in net.modules() if isinstance(m, TransformerStack)]
+
+
 class _Core(nn.Module):
     """Shared pieces: strategy, position handling, embedding dropout."""
 
