@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from normlab.resources import status_mb
+
 VARIANTS = ("fp32", "ac", "bf16-mixed", "bf16-true")
 # suite -> [(label, depth, d_model, d_ffn, n_heads, variants)]; depth/steps flags adjust the ac suite
 SUITES = {
@@ -36,13 +38,6 @@ SUITES = {
         ("wide", 8, 512, 2048, 8, ("fp32", "bf16-mixed", "bf16-true")),
     ],
 }
-
-
-def status_mb(key: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def settle() -> float:

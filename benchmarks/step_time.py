@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from memory import status_mb  # benchmarks/memory.py, beside this script
+from normlab.resources import status_mb
 
 VARIANTS = ("fp32", "ac", "bf16-mixed", "bf16-true", "fused")
 

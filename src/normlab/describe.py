@@ -22,18 +22,18 @@ def describe(overrides: list[str]) -> dict:
     from hydra import compose, initialize_config_dir
 
     from normlab.config import validate_model_config
-    from normlab.norms.registry import build_strategy
+    from normlab.description import model_description
     from normlab.utils import norm_args_overrides
 
     config_dir = Path(__file__).resolve().parents[2] / "configs"
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
         cfg = compose(config_name="train", overrides=norm_args_overrides(overrides))
-    return build_strategy(validate_model_config(cfg.model)).describe()
+    return model_description(validate_model_config(cfg.model))
 
 
 def main(argv: list[str] | None = None) -> int:
+    from normlab.description import format_description
     from normlab.norms.registry import registered_names
-    from normlab.utils import format_description
 
     args = list(sys.argv[1:] if argv is None else argv)
     if "--list" in args:

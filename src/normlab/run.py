@@ -10,7 +10,6 @@ callbacks, TensorBoard) -> checkpoints + logs under one run directory.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -22,11 +21,11 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from normlab.config import validate_model_config, validate_optim_config
+from normlab.description import format_description, model_description, network_description
 from normlab.errors import ConfigError
-from normlab.norms.registry import build_strategy
 from normlab.tasks.base import CHECKPOINT_KEY
+from normlab.typed_config import as_plain
 from normlab.utils import (
-    format_description,
     instantiate_callbacks,
     instantiate_checked,
     instantiate_loggers,
@@ -65,7 +64,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     from normlab import distributed
 
     distributed.validate_trainer_config(cfg.trainer)  # precision x hardware x strategy, before any data work
-    description = build_strategy(model_cfg).describe()
+    description = model_description(model_cfg)
 
     data_cfg = _container(cfg.data)
     datamodule = _instantiate("data", cfg.data)
@@ -73,8 +72,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     task = _instantiate(
         "task",
         cfg.task,
-        model=dataclasses.asdict(model_cfg),
-        optim=dataclasses.asdict(optim_cfg),
+        model=as_plain(model_cfg),
+        optim=as_plain(optim_cfg),
         vocab_size=tokenizer.vocab_size,
         data=data_cfg,
         seed=cfg.seed,
@@ -82,10 +81,6 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     task.tokenizer_json = tokenizer.to_json()
 
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
-    if build_strategy(model_cfg).has_schedule:
-        from normlab.callbacks.schedule import NormScheduleCallback
-
-        callbacks.append(NormScheduleCallback())
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer = build_trainer(cfg, callbacks, loggers)
 
@@ -141,7 +136,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     L.seed_everything(cfg.seed, workers=True)
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer = build_trainer(cfg, instantiate_callbacks(cfg.get("callbacks")), loggers)
-    rank_zero_print(format_description(task.norm_strategy.describe()))
+    rank_zero_print(format_description(network_description(task.net)))
     results = trainer.test(task, datamodule=datamodule)
     metrics = _scalars(results[0] if results else {})
     baseline = getattr(datamodule, "unigram_baseline", None)
@@ -154,7 +149,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             "ckpt_path": str(ckpt_path),
             "metrics": metrics,
             "model": task.hparams["model"],
-            "norm": task.norm_strategy.describe(),
+            "norm": network_description(task.net),
         }
         (out_dir / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
         rank_zero_print(f"metrics written to {out_dir / 'metrics.json'}")

@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from normlab.description import format_description
 from normlab.errors import ConfigError, TrainingDiverged
 
 
@@ -54,27 +55,6 @@ def instantiate_loggers(node: DictConfig | None) -> list[Any]:
 @rank_zero_only
 def rank_zero_print(text: str) -> None:
     print(text, flush=True)
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.6f}"
-    return str(value)
-
-
-def format_description(description: dict[str, Any]) -> str:
-    """The strategy's resolved constants as an aligned block, one stack per section."""
-    lines = [
-        f"norm strategy: {description['norm']}  (arch={description['arch']}, "
-        f"N={description['encoder_depth']}, M={description['decoder_depth']})"
-    ]
-    if description.get("args"):
-        lines.append("  args: " + ", ".join(f"{k}={_fmt(v)}" for k, v in description["args"].items()))
-    for stack in ("encoder", "decoder"):
-        if stack in description:
-            items = description[stack]
-            lines.append(f"  {stack}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in items.items()))
-    return "\n".join(lines)
 
 
 def flatten(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
@@ -142,12 +122,18 @@ def check_model_overrides(argv: list[str]) -> None:
                 sys.exit(2)
 
 
-def norm_args_overrides(argv: list[str]) -> list[str]:
-    """Let ``model.norm_args.<key>=value`` work without Hydra's ``+`` prefix.
+# Config nodes whose keys are open in YAML ({} or null) and typed only later, in Python.
+OPEN_NODES = ("model.norm_args.", "model.residual_warmup.")
 
-    ``model.norm_args`` is ``{}`` in YAML (its keys depend on the chosen strategy), so Hydra's
-    struct mode would refuse a new key; rewriting it to ``++model.norm_args.<key>=value`` (add or
-    override) keeps the documented command line (``model.norm_args.max_norm_step=4000``). The key
-    is still validated against the strategy's ``Args`` by :func:`normlab.norms.registry.validate_args`.
+
+def norm_args_overrides(argv: list[str]) -> list[str]:
+    """Let ``model.norm_args.<key>=value`` and ``model.residual_warmup.<key>=value`` work without
+    Hydra's ``+`` prefix.
+
+    ``model.norm_args`` is ``{}`` in YAML (its keys depend on the chosen strategy) and
+    ``model.residual_warmup`` is ``null`` (off), so Hydra's struct mode would refuse a new key;
+    rewriting it to ``++<key>=value`` (add or override) keeps the documented command line
+    (``model.norm_args.max_norm_step=4000``, ``model.residual_warmup.schedule=linear``). The keys
+    are still validated against their dataclasses (the strategy's ``Args``, ``ResidualWarmupConfig``).
     """
-    return [f"++{arg}" if arg.startswith("model.norm_args.") and "=" in arg else arg for arg in argv]
+    return [f"++{arg}" if arg.startswith(OPEN_NODES) and "=" in arg else arg for arg in argv]

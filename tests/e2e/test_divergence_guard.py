@@ -6,6 +6,7 @@ step is known exactly; a real nan/inf loss reaches the guard the same way, throu
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -50,6 +51,11 @@ def test_nan_gradient_stops_before_the_update_and_keeps_last_checkpoint(make_cfg
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 4
     assert all(torch.isfinite(t).all() for t in ckpt["state_dict"].values() if t.is_floating_point())
+    # the run record says so, for the study report: diverged, after 4 good steps
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert record["status"] == "diverged" and record["steps"] == 4
+    assert "optimizer step 5" in record["error"]
+    assert len((tmp_path / "train_curve.csv").read_text().splitlines()) == 1 + 4
 
 
 def test_command_line_prints_one_line_and_exits_3(tmp_path: Path) -> None:
@@ -68,9 +74,20 @@ def test_command_line_prints_one_line_and_exits_3(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
-def test_healthy_run_is_not_stopped(make_cfg) -> None:
-    """The guard is on by default and a normal run trains to its last step."""
+def test_healthy_run_is_not_stopped(make_cfg, tmp_path: Path) -> None:
+    """The guard is on by default and a normal run trains to its last step; its run record holds
+    the curve, the validations and the spike scores."""
     cfg = make_cfg("train", DEBUG)
     assert "divergence_guard" in cfg.callbacks
     metrics, objects = train(cfg)
     assert objects["trainer"].global_step == 8 and math.isfinite(metrics["train/loss"])
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert record["status"] == "finished" and record["steps"] == 8
+    assert [v["step"] for v in record["val_history"]] == [2, 4, 6, 8]
+    assert record["val"]["final"]["val/loss"] == pytest.approx(metrics["val/loss"])
+    assert record["val"]["best"]["val/loss"] == min(v["val/loss"] for v in record["val_history"])
+    assert set(record["spike_score"]) == {"train_loss", "grad_norm"}
+    assert record["seconds_per_step"] > 0 and record["memory"]["host_peak_rss_mb"] > 100
+    rows = (tmp_path / "train_curve.csv").read_text().splitlines()
+    assert rows[0] == "step,loss,grad_norm,seconds"
+    assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(1, 9))

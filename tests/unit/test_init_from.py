@@ -3,6 +3,7 @@ the MLM's encoder outputs; every kind of mismatch fails with one ConfigError lin
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import lightning as L
@@ -22,7 +23,9 @@ TOKENIZER = '{"model": "pretend tokenizer A"}'  # init_from compares the json st
 
 
 def _trainer(**kwargs) -> L.Trainer:
+    """A bare Trainer; its run record goes to a temporary folder, never into the repository."""
     return L.Trainer(
+        default_root_dir=tempfile.mkdtemp(prefix="normlab-test-"),
         accelerator="cpu",
         devices=1,
         logger=False,

@@ -65,7 +65,7 @@ def test_no_norms_and_one_gate_per_layer_shared_by_its_sublayers(arch: str) -> N
                 if r is not None
             ]
             assert all(isinstance(r, ReZeroResidual) for r in residuals)
-            assert len({id(r.gate) for r in residuals}) == 1  # shared within the layer
+            assert len({id(r.rezero_gate) for r in residuals}) == 1  # shared within the layer
             n_layers += 1
     assert len(_gates(model)) == n_layers == 4  # distinct gates across layers
     assert sum(g.alpha.numel() for g in _gates(model)) == 4

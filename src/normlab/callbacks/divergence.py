@@ -37,7 +37,8 @@ class DivergenceGuard(L.Callback):
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        total = global_grad_norm(pl_module)
+        cached = getattr(pl_module, "step_grad_norm", None)  # normlab tasks compute it once per step
+        total = cached() if cached is not None else global_grad_norm(pl_module)
         if total is None or math.isfinite(norm := float(total)):
             return
         step = trainer.global_step + 1  # the step that would have been taken

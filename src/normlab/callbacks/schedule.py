@@ -1,19 +1,21 @@
-"""Advance a norm strategy's training-progress state (e.g. BranchNorm's exponent a_t) every step.
+"""Drive every step-dependent module of a task's network (BranchNorm's branch scale, the ProRes
+residual warm-up) from the optimizer step, and log what they hold.
 
-Why a callback and a buffer: the schedule is a function of the optimizer step, which only the
-Trainer knows, and it must survive checkpoints, FSDP and ``torch.compile``. So the strategy keeps
-its progress in buffers (saved with the weights) and this callback writes
+Why a callback and buffers: the schedules are functions of the optimizer step, which only the
+Trainer knows, and they must survive checkpoints, FSDP and ``torch.compile``. So each such module
+(:class:`normlab.progress.ProgressDriven`) keeps its state in buffers and this callback writes
 ``trainer.global_step`` into them:
 
-- ``on_train_start``: after a resume, ``global_step`` and the restored buffer already agree; setting
-  it again makes a run started from a weights-only or foreign checkpoint consistent too;
+- ``on_train_start``: after a resume, ``global_step`` and the restored buffers already agree;
+  setting them again makes a run started from a weights-only or foreign checkpoint consistent too;
 - ``on_train_batch_end``: after every batch. ``global_step`` counts optimizer steps, not
   micro-batches, so with ``accumulate_grad_batches=k`` the progress advances once per k batches
   and every micro-batch of one optimizer step sees the same value.
 
-It logs every scheduled value as ``norm/<key>`` (e.g. ``norm/exponent``) at the batch that uses
-it, so TensorBoard shows the exponent next to ``train/loss``. :func:`normlab.run.train` adds it
-automatically when ``strategy.has_schedule`` is true; nothing to wire by hand.
+It logs each module's values as ``<prefix>/<key>`` at the batch that uses them (``norm/scale``,
+``warmup/decoder/alpha_l1``, ...). Nobody wires it by hand: every normlab task returns it from
+``configure_callbacks`` when its model has a schedule, so any Lightning Trainer that fits the task
+drives it, and the task refuses a training step whose schedules were not set for it.
 """
 
 from __future__ import annotations
@@ -22,28 +24,36 @@ from typing import Any
 
 import lightning as L
 
+from normlab.progress import ProgressDriven, scheduled_modules
 
-class NormScheduleCallback(L.Callback):
-    def _strategy(self, pl_module: L.LightningModule) -> Any:
-        return getattr(pl_module, "norm_strategy", None)
+
+class ScheduleCallback(L.Callback):
+    def __init__(self) -> None:
+        self._found: tuple[int, list[ProgressDriven]] | None = None  # (id of the network, modules)
+
+    def _modules(self, pl_module: L.LightningModule) -> list[ProgressDriven]:
+        """The network's scheduled modules, found once per network (a 1,000-layer model has
+        ~20,000 modules; walking them three times per step would cost more than the schedules)."""
+        net = getattr(pl_module, "net", None)
+        if net is None:
+            return []
+        if self._found is None or self._found[0] != id(net):
+            self._found = (id(net), scheduled_modules(net))
+        return self._found[1]
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        strategy = self._strategy(pl_module)
-        if strategy is not None:
-            strategy.set_progress(trainer.global_step)
+        for module in self._modules(pl_module):
+            module.set_progress(trainer.global_step)
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        strategy = self._strategy(pl_module)
-        if strategy is None:
-            return
-        for key, value in strategy.schedule_values().items():
-            pl_module.log(f"norm/{key}", float(value), on_step=True, on_epoch=False)
+        for module in self._modules(pl_module):
+            for key, value in module.schedule_values().items():
+                pl_module.log(f"{module.schedule_prefix}/{key}", float(value), on_step=True, on_epoch=False)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        strategy = self._strategy(pl_module)
-        if strategy is not None:
-            strategy.set_progress(trainer.global_step)
+        for module in self._modules(pl_module):
+            module.set_progress(trainer.global_step)

@@ -26,6 +26,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 
 from normlab.data.sources import atomic_output
 from normlab.errors import ConfigError
+from normlab.typed_config import to_dataclass
 
 log = logging.getLogger("normlab.data")
 
@@ -69,8 +70,6 @@ class TokenizerSettings:
         """Accept a dict / DictConfig / TokenizerSettings / None (defaults) from the config."""
         if isinstance(value, cls):
             return value
-        from normlab.config import to_dataclass  # validates key names and types, one line
-
         return to_dataclass(cls, value, "data.tokenizer")
 
     def as_dict(self) -> dict[str, Any]:

@@ -9,7 +9,9 @@ attention and the FFN. ``forward`` never looks at the strategy again::
       ──► res_ffn(x,   h ↦ drop(FFN(h)))
 
 where each ``res_*`` decides where the norms sit, e.g. Post-LN ``norm(x + f(x))`` or Pre-LN
-``x + f(norm(x))``.
+``x + f(norm(x))``. With a residual warm-up (ProRes, :mod:`normlab.models.warmup`) the block gives
+every residual module of layer ``l`` the gate alpha(l, t) of that layer; the residual module applies
+it to its branch term, so the strategy never knows a warm-up is on.
 """
 
 from __future__ import annotations
@@ -20,11 +22,33 @@ from torch import Tensor, nn
 
 from normlab.models.attention import MultiHeadAttention
 from normlab.models.feedforward import FeedForward
-from normlab.norms.base import NormStrategy, Site
+from normlab.models.warmup import ResidualWarmup
+from normlab.norms.base import NormStrategy, Residual, Site
+
+
+def residual_for(strategy: NormStrategy, site: Site, warmup: ResidualWarmup | None) -> Residual:
+    """The strategy's residual module for ``site``, gated by the warm-up of its layer if any."""
+    residual = strategy.residual(site)
+    if not isinstance(residual, Residual):
+        raise TypeError(
+            f"{type(strategy).__name__}.residual({site}) returned {type(residual).__name__}; residual "
+            "modules must subclass normlab.norms.base.Residual and add their branch term via gated()"
+        )
+    if warmup is not None:
+        residual.attach_gate(warmup.gate(site.stack, site.layer))
+    return residual
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, cfg: Any, strategy: NormStrategy, stack: str, layer: int, cross: bool) -> None:
+    def __init__(
+        self,
+        cfg: Any,
+        strategy: NormStrategy,
+        stack: str,
+        layer: int,
+        cross: bool,
+        warmup: ResidualWarmup | None = None,
+    ) -> None:
         super().__init__()
         d, make_norm = cfg.d_model, strategy.make_norm
         self_site = Site(stack, layer, "self_attn")
@@ -37,7 +61,7 @@ class TransformerBlock(nn.Module):
             options=strategy.attention_options(self_site),
             make_norm=make_norm,
         )
-        self.self_attn_residual = strategy.residual(self_site)
+        self.self_attn_residual = residual_for(strategy, self_site, warmup)
         if cross:
             cross_site = Site(stack, layer, "cross_attn")
             self.cross_attn = MultiHeadAttention(
@@ -50,7 +74,7 @@ class TransformerBlock(nn.Module):
                 options=strategy.attention_options(cross_site),
                 make_norm=make_norm,
             )
-            self.cross_attn_residual = strategy.residual(cross_site)
+            self.cross_attn_residual = residual_for(strategy, cross_site, warmup)
         else:
             self.cross_attn = self.cross_attn_residual = None
         ffn_site = Site(stack, layer, "ffn")
@@ -63,7 +87,7 @@ class TransformerBlock(nn.Module):
             options=strategy.ffn_options(ffn_site),
             make_norm=make_norm,
         )
-        self.ffn_residual = strategy.residual(ffn_site)
+        self.ffn_residual = residual_for(strategy, ffn_site, warmup)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(

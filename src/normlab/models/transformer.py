@@ -22,7 +22,8 @@ from torch import Tensor, nn
 
 from normlab.models.block import TransformerBlock
 from normlab.models.rotary import rotary_cos_sin, sinusoidal
-from normlab.norms.base import NormStrategy, Role
+from normlab.models.warmup import ResidualWarmup
+from normlab.norms.base import ArchSpec, NormStrategy, Role
 
 Cache = list[dict[str, dict[str, Tensor]]]
 
@@ -59,10 +60,20 @@ class OutputHead(nn.Module):
 class TransformerStack(nn.Module):
     """``depth`` blocks plus the strategy's final norm (or none)."""
 
-    def __init__(self, cfg: Any, strategy: NormStrategy, stack: str, depth: int, cross: bool) -> None:
+    def __init__(
+        self,
+        cfg: Any,
+        strategy: NormStrategy,
+        stack: str,
+        depth: int,
+        cross: bool,
+        warmup: ResidualWarmup | None = None,
+    ) -> None:
         super().__init__()
         self.stack = stack  # "encoder" | "decoder": names the stack in logs and monitors
-        self.layers = nn.ModuleList(TransformerBlock(cfg, strategy, stack, i, cross) for i in range(depth))
+        self.layers = nn.ModuleList(
+            TransformerBlock(cfg, strategy, stack, i, cross, warmup) for i in range(depth)
+        )
         self.final_norm = strategy.final_norm(stack)
 
     def forward(self, x: Tensor, cache: Cache | None = None, **kwargs: Any) -> Tensor:
@@ -71,19 +82,33 @@ class TransformerStack(nn.Module):
         return x if self.final_norm is None else self.final_norm(x)
 
 
+def build_residual_warmup(cfg: Any, arch: ArchSpec) -> ResidualWarmup | None:
+    """The ProRes warm-up of ``cfg.residual_warmup`` for the stacks of ``arch`` (None when off)."""
+    warmup = getattr(cfg, "residual_warmup", None)
+    if warmup is None:
+        return None
+    depths = {"encoder": arch.encoder_depth, "decoder": arch.decoder_depth}
+    return ResidualWarmup(warmup.schedule, warmup.T, depths)
+
+
 def transformer_stacks(net: nn.Module) -> list[TransformerStack]:
     """Every stack of ``net`` (encoder before decoder), also when wrapped by FSDP or checkpointing."""
     return [m for m in net.modules() if isinstance(m, TransformerStack)]
 
 
 class _Core(nn.Module):
-    """Shared pieces: strategy, position handling, embedding dropout."""
+    """Shared pieces: strategy, residual warm-up, position handling, embedding dropout."""
 
     def __init__(self, cfg: Any, strategy: NormStrategy) -> None:
         super().__init__()
         self.cfg = cfg
         self.norm_strategy = strategy
+        self.residual_warmup = build_residual_warmup(cfg, strategy.arch)
         self.embed_dropout = nn.Dropout(cfg.dropout)
+
+    def _stack(self, cfg: Any, stack: str, cross: bool = False) -> TransformerStack:
+        depth = self.norm_strategy.arch.depth(stack)
+        return TransformerStack(cfg, self.norm_strategy, stack, depth, cross, self.residual_warmup)
 
     def _embed(self, embedding: TokenEmbedding, ids: Tensor, start: int = 0) -> tuple[Tensor, Any]:
         x = embedding(ids)
@@ -102,7 +127,7 @@ class Decoder(_Core):
     def __init__(self, cfg: Any, strategy: NormStrategy, vocab_size: int) -> None:
         super().__init__(cfg, strategy)
         self.embed = TokenEmbedding(vocab_size, cfg.d_model)
-        self.decoder = TransformerStack(cfg, strategy, "decoder", strategy.arch.decoder_depth, cross=False)
+        self.decoder = self._stack(cfg, "decoder")
         self.head = None if cfg.tie_embeddings else OutputHead(cfg.d_model, vocab_size)
 
     def hidden(self, ids: Tensor, cache: Cache | None = None, start: int = 0) -> Tensor:
@@ -123,7 +148,7 @@ class Encoder(_Core):
         super().__init__(cfg, strategy)
         self.embed = TokenEmbedding(vocab_size, cfg.d_model)
         self.segment_embed = TokenEmbedding(n_segments, cfg.d_model) if n_segments else None
-        self.encoder = TransformerStack(cfg, strategy, "encoder", strategy.arch.encoder_depth, cross=False)
+        self.encoder = self._stack(cfg, "encoder")
 
     def forward(
         self, ids: Tensor, padding_mask: Tensor | None = None, segments: Tensor | None = None
@@ -143,9 +168,8 @@ class EncoderDecoder(_Core):
         super().__init__(cfg, strategy)
         self.tgt_embed = TokenEmbedding(vocab_size, cfg.d_model)
         self.src_embed = None if cfg.share_embeddings else TokenEmbedding(vocab_size, cfg.d_model)
-        arch = strategy.arch
-        self.encoder = TransformerStack(cfg, strategy, "encoder", arch.encoder_depth, cross=False)
-        self.decoder = TransformerStack(cfg, strategy, "decoder", arch.decoder_depth, cross=True)
+        self.encoder = self._stack(cfg, "encoder")
+        self.decoder = self._stack(cfg, "decoder", cross=True)
         self.head = None if cfg.tie_embeddings else OutputHead(cfg.d_model, vocab_size)
 
     def encode(self, src: Tensor, src_mask: Tensor) -> Tensor:

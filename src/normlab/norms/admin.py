@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from normlab.errors import ConfigError
-from normlab.norms.base import Branch, NormStrategy, PostNormResidual, Site
+from normlab.norms.base import Branch, NormStrategy, PostNormResidual, Residual, Site
 from normlab.norms.registry import register
 
 SCALES = ("O(logn)", "O(n)", "O(1)")
@@ -65,7 +65,7 @@ def admin_omega(num_res_layers: int, output_change_scale: str = "O(logn)") -> fl
     raise ValueError(f"unknown output_change_scale {output_change_scale!r}")
 
 
-class LearnableOmegaResidual(nn.Module):
+class LearnableOmegaResidual(Residual):
     """``norm(omega * x + f(x))`` with omega a learnable d-vector initialised to ``init_value``."""
 
     def __init__(self, norm: nn.Module, d_model: int, init_value: float) -> None:
@@ -80,7 +80,7 @@ class LearnableOmegaResidual(nn.Module):
             self.omega.fill_(self.init_value)
 
     def forward(self, x: Tensor, branch: Branch) -> Tensor:
-        return self.norm(self.omega * x + branch(x))
+        return self.norm(self.omega * x + self.gated(branch(x)))
 
     def extra_repr(self) -> str:
         return f"omega_init={self.init_value:.6g}"
@@ -97,7 +97,7 @@ class Admin(NormStrategy):
     def omega(self, stack: str) -> float:
         return admin_omega(self.num_res_layers(stack), self.args.output_change_scale)
 
-    def residual(self, site: Site) -> nn.Module:
+    def residual(self, site: Site) -> Residual:
         omega = self.omega(site.stack)
         if self.args.as_parameter:
             return LearnableOmegaResidual(self.make_norm(self.d_model), self.d_model, omega)

@@ -9,11 +9,14 @@ strategy built for its architecture (:class:`ArchSpec`):
    per-head q/k/v norms, Sub-LN's norm before the output projection);
 3. ``final_norm(stack)`` -> the norm on top of a stack, or ``None``;
 4. ``init_spec(site, role)`` -> how a weight of a given role is initialised (DeepNorm's beta);
-5. ``set_progress(step)`` -> what changes with training (BranchNorm's schedule), kept in buffers;
+5. what changes with training (BranchNorm's schedule): a strategy that also subclasses
+   :class:`normlab.progress.ProgressDriven` keeps it in buffers, set from the optimizer step;
 6. ``describe()`` -> the resolved constants, for logs and ``python -m normlab.describe``.
 
 A strategy is an ``nn.Module`` owned by the model root, so schedule buffers are checkpointed with
 the weights. Residual modules keep a plain (unregistered) reference to it to read the progress.
+Every residual module is a :class:`Residual`: it adds its branch term through ``gated()``, where
+the model's ProRes residual warm-up (if configured) applies alpha(l, t).
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ class Role(StrEnum):
     EMBEDDING = "embedding"
     HEAD = "head"  # an untied output projection / classifier
     BIAS = "bias"
+    NORM_GAIN = "norm_gain"  # the gain of a norm that declares it (LNS gain_init); others reset to 1
 
 
 @dataclass(frozen=True)
@@ -80,17 +84,23 @@ class InitSpec:
 
     ``xavier_normal``: std = gain * sqrt(2 / (fan_in + fan_out)) over the role's own slice.
     ``normal`` / ``trunc_normal``: std as given (truncated at +-3 std).
+    ``constant``: every entry equals ``value``.
     """
 
-    dist: str = "xavier_normal"  # xavier_normal | xavier_uniform | normal | trunc_normal | zeros
+    dist: str = "xavier_normal"  # xavier_normal | xavier_uniform | normal | trunc_normal | zeros | constant
     gain: float = 1.0
     std: float | None = None
+    value: float | None = None
 
     def sample(self, shape: tuple[int, ...], generator: torch.Generator | None = None) -> Tensor:
         out = torch.empty(shape)
         fan_out, fan_in = (shape[0], shape[1]) if len(shape) == 2 else (shape[0], 1)
         if self.dist == "zeros":
             return out.zero_()
+        if self.dist == "constant":
+            if self.value is None:
+                raise ValueError("InitSpec(constant) needs value")
+            return out.fill_(self.value)
         if self.dist == "xavier_normal":
             return out.normal_(0.0, self.gain * math.sqrt(2.0 / (fan_in + fan_out)), generator=generator)
         if self.dist == "xavier_uniform":
@@ -146,7 +156,6 @@ class NormStrategy(nn.Module):
 
     name: ClassVar[str] = ""
     Args: ClassVar[type] = NoArgs
-    has_schedule: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -164,7 +173,7 @@ class NormStrategy(nn.Module):
         self.args = args if args is not None else self.Args()
 
     # --- questions a block asks -------------------------------------------------------------
-    def residual(self, site: Site) -> nn.Module:
+    def residual(self, site: Site) -> Residual:
         raise NotImplementedError
 
     def attention_options(self, site: Site) -> AttentionOptions:
@@ -181,17 +190,11 @@ class NormStrategy(nn.Module):
         for weights outside the blocks (embeddings, heads)."""
         if role is Role.BIAS:
             return InitSpec("zeros")
+        if role is Role.NORM_GAIN:
+            return InitSpec("constant", value=1.0)
         if role is Role.EMBEDDING:
             return InitSpec("normal", std=self.d_model**-0.5)
         return InitSpec("xavier_normal", gain=1.0)
-
-    # --- training progress ------------------------------------------------------------------
-    def set_progress(self, step: int) -> None:
-        """Called by the schedule callback after every optimizer step (no-op by default)."""
-
-    def schedule_values(self) -> dict[str, float]:
-        """Current values of scheduled quantities, logged every step as ``norm/<key>``."""
-        return {}
 
     def reset_state(self) -> None:
         """Re-initialise buffers after meta-device materialisation (no-op by default)."""
@@ -222,7 +225,51 @@ class NormStrategy(nn.Module):
 # --- residual building blocks shared by strategies ---------------------------------------------
 
 
-class PostNormResidual(nn.Module):
+class Gate:
+    """What multiplies a residual module's branch term: a callable returning a 0-d tensor.
+
+    Implemented by :class:`normlab.models.warmup.LayerGate` (ProRes residual warm-up); the
+    strategies never construct or inspect one."""
+
+    def __call__(self) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class Residual(nn.Module):
+    """Base of every residual module a strategy returns from :meth:`NormStrategy.residual`.
+
+    Contract: ``forward(x, branch)`` computes the sublayer once and adds its contribution to the
+    stream through :meth:`gated`, *after* any branch-side norm and scale, e.g. Post-LN
+    ``norm(x + gated(f(x)))``, Pre-LN ``x + gated(f(norm(x)))``, Sandwich
+    ``x + gated(norm_out(f(norm_in(x))))``. That is where ProRes places its per-layer scalar
+    alpha(l, t) (Table 1 of arXiv 2603.05369). Without a gate (the default) ``gated`` returns the
+    term itself, so a strategy behaves exactly as before; with alpha = 1 the product is exact in
+    IEEE arithmetic, so a finished warm-up is bit-identical to no warm-up. The block refuses a
+    residual module that is not a ``Residual``, and ``tests/unit/test_residual_warmup.py`` checks,
+    for every registered strategy, that alpha = 0 removes every branch (so no strategy can forget
+    to call ``gated``).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        object.__setattr__(self, "_gate", None)  # not a submodule: gates point into a shared module
+
+    def attach_gate(self, gate: Gate) -> None:
+        object.__setattr__(self, "_gate", gate)
+
+    @property
+    def gate(self) -> Gate | None:
+        return self._gate
+
+    def gated(self, term: Tensor) -> Tensor:
+        gate = self._gate
+        return term if gate is None else term * gate()
+
+    def forward(self, x: Tensor, branch: Branch) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class PostNormResidual(Residual):
     """``norm(alpha * x + f(x))``: Post-LN (alpha = 1), DeepNorm, Upscale/Foundation LN."""
 
     def __init__(self, norm: nn.Module, alpha: float = 1.0) -> None:
@@ -231,13 +278,14 @@ class PostNormResidual(nn.Module):
         self.alpha = float(alpha)
 
     def forward(self, x: Tensor, branch: Branch) -> Tensor:
-        return self.norm(self.alpha * x + branch(x))
+        skip = x if self.alpha == 1.0 else self.alpha * x
+        return self.norm(skip + self.gated(branch(x)))
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha:.6g}"
 
 
-class PreNormResidual(nn.Module):
+class PreNormResidual(Residual):
     """``x + f(norm(x))``: Pre-LN."""
 
     def __init__(self, norm: nn.Module) -> None:
@@ -245,10 +293,10 @@ class PreNormResidual(nn.Module):
         self.norm = norm
 
     def forward(self, x: Tensor, branch: Branch) -> Tensor:
-        return x + branch(self.norm(x))
+        return x + self.gated(branch(self.norm(x)))
 
 
-class SandwichResidual(nn.Module):
+class SandwichResidual(Residual):
     """``x + norm_out(f(norm_in(x)))``: Sandwich-LN / Peri-LN."""
 
     def __init__(self, norm_in: nn.Module, norm_out: nn.Module) -> None:
@@ -257,17 +305,17 @@ class SandwichResidual(nn.Module):
         self.norm_out = norm_out
 
     def forward(self, x: Tensor, branch: Branch) -> Tensor:
-        return x + self.norm_out(branch(self.norm_in(x)))
+        return x + self.gated(self.norm_out(branch(self.norm_in(x))))
 
 
-class PlainResidual(nn.Module):
+class PlainResidual(Residual):
     """``x + f(x)``: no norm around the sublayer (e.g. HybridNorm attention)."""
 
     def forward(self, x: Tensor, branch: Branch) -> Tensor:
-        return x + branch(x)
+        return x + self.gated(branch(x))
 
 
-class NormedInputResidual(nn.Module):
+class NormedInputResidual(Residual):
     """``z + f(z)`` with ``z = norm(x)``: the residual starts from the normalised value
     (HybridNorm's FFN)."""
 
@@ -277,4 +325,4 @@ class NormedInputResidual(nn.Module):
 
     def forward(self, x: Tensor, branch: Branch) -> Tensor:
         z = self.norm(x)
-        return z + branch(z)
+        return z + self.gated(branch(z))

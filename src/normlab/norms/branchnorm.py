@@ -1,144 +1,190 @@
-"""BranchNorm (Liu, Zeng, Meng, Zhou 2023, arXiv 2305.02790; Findings of ACL 2024): Post-LN whose
-non-residual branch is rescaled according to the training period.
+"""BranchNorm (Liu, Zeng, Meng, Zhou 2023, arXiv 2305.02790; Findings of ACL 2024, pp. 11675-11687):
+Post-LN whose non-residual branch is rescaled "in accordance with the training period" and which
+"progressively degenerates to vanilla Post-LN"; its one hyper-parameter is the "maximum norm step" T.
 
-**Reconstructed form (norms.md Sec. 3, "Candidate A"; the paper's method section was not
-available, so this is NOT verified against the paper):**
+**Neither form below is verified against the paper's method section**, which could not be read for
+this project (the authors' repository is empty). Two readings are implemented, ``model.norm_args.form``:
 
-    y       = G_l(x_l)                                   the sublayer output (the branch)
-    x_{l+1} = LN( x_l + y * (Var(y) + eps)^(-a_t / 2) )  Var over the hidden dim, per token
-    a_t     = decay(t / T)  in [0, 1],  a_0 = 1,  a_t = 0 for t >= T
+``ramp`` (default): the branch is scaled by a ramp that reaches 1 at T::
 
-``t`` is the optimizer step (``trainer.global_step``, so gradient accumulation is respected) and
-``T = max_norm_step``. At t = 0 the branch is standardised to unit variance whatever its weights
-are (a bounded model update, DeepNorm's goal); as ``a_t`` falls the branch gets its own scale
-back, and for t >= T the factor is exactly 1, so the block *is* Post-LN, bit for bit. The branch
-is not mean-centred: under the outer LayerNorm centring is a no-op, and leaving it out keeps the
-t >= T identity exact with ``model.norm_layer=rmsnorm`` too.
+    x_{l+1} = LN(x_l + s_t * G_l(x_l)),   s_t = min(t / T, 1)   (decay=linear)
 
-Decay shapes (``decay``), with s = min(t / T, 1):
-    linear (default)  a = 1 - s
-    cosine            a = (1 + cos(pi s)) / 2
-    step              a = 1 for t < T, else 0
+Evidence: ProRes (Chen et al. 2026, arXiv 2603.05369, Sec. 4.3, footnote 3) states that "BranchNorm
+can be viewed as a special case of Post-LN with an 'equal' ProRes schedule", i.e. this formula; an
+independent paper note reads it the same way (``y = LN(x + a F(x))``, ``a`` increased slowly with the
+training iteration). Both are secondary sources, but they are two independent readers of the paper.
+At t = 0 every sublayer is ``LN(x)`` (a bounded first update, the effect DeepNorm aims at); for
+t >= T the block is Post-LN bit for bit.
 
-Default ``max_norm_step = 4000``: the schedule is meant to cover the fragile early period that LR
-warm-up covers, and 4000 steps is the warm-up of the WMT Transformer recipes (fairseq
-``--warmup-updates 4000``) that DeepNet and BranchNorm's translation experiments build on. This
-is an assumption, not the paper's number; override it with ``model.norm_args.max_norm_step=N``
-(e.g. the run's ``optim.warmup_steps`` on short CPU runs, where 4000 is longer than the run).
+``standardize``: this project's first reconstruction from the name and the abstract (norms.md
+Sec. 3, "Candidate A"), kept selectable::
 
-Placement: every sublayer (self-attention, cross-attention, FFN); Post-LN family, so no final
-norm. Init: the standard Xavier-normal init, unchanged.
+    x_{l+1} = LN(x_l + y * (Var(y) + eps)^(-a_t / 2)),   y = G_l(x_l),   a_t = 1 - min(t / T, 1)
 
-The progress lives in two buffers of this module (``progress``: the step, ``exponent``: a_t), so
-it is saved in every checkpoint; :class:`normlab.callbacks.schedule.NormScheduleCallback` sets it
-after every optimizer step and is added automatically because ``has_schedule`` is true.
+Var over the hidden dim per token, no mean-centring (a no-op under the outer LN). At t = 0 the
+branch has unit variance whatever its weights; for t >= T it is Post-LN bit for bit. No reader of
+the paper supports it.
 
-Measured with this exact form (``benchmarks/stability.py``, depth-48 decoder, lr 1e-3 without
-warm-up, 150 steps): it stays on the unigram plateau like Post-LN, with T = 4000 and with T = 100
-(val 5.19 vs a unigram baseline of 5.16; DeepNorm reaches 4.83). Standardising the branch gives it
-about the unit variance a Post-LN branch already has at init, so the first update is as large as
-Post-LN's; it does not shrink the update the way DeepNorm's alpha/beta do. This agrees with the
-independent check in norms.md Sec. 3. See the README stability table.
+``decay`` shapes both schedules (``u = min(t / T, 1)``): ``linear`` (s = u), ``cosine``
+(s = (1 - cos(pi u)) / 2) or ``step`` (s = 0 before T, 1 from T); ``standardize`` uses a_t = 1 - s_t.
+
+Placement: every sublayer (self-attention, cross-attention, FFN); Post-LN family, so no final norm.
+Init: the standard Xavier-normal init. ``t`` is the optimizer step (``trainer.global_step``, so
+gradient accumulation is respected); the progress and the factor live in buffers of this module
+(``progress``, and ``scale`` for ramp / ``exponent`` for standardize), so every checkpoint holds
+them; :class:`normlab.callbacks.schedule.ScheduleCallback`, which every normlab task adds itself,
+sets them after each optimizer step.
+
+Default ``max_norm_step``: see the README's BranchNorm section for the measurement that chose it and
+what it means for the 1,000-layer headline run. Composes with the ProRes residual warm-up
+(``model.residual_warmup``), whose alpha(l, t) multiplies the already ramped branch.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from normlab.errors import ConfigError
-from normlab.norms.base import Branch, NormStrategy, Site
+from normlab.norms.base import Branch, NormStrategy, Residual, Site
 from normlab.norms.registry import register
+from normlab.progress import ProgressDriven
 
-DECAYS = ("linear", "cosine", "step")
+Form = Literal["ramp", "standardize"]
+Decay = Literal["linear", "cosine", "step"]
 
 
 @dataclass(frozen=True)
 class BranchNormArgs:
+    form: Form = "ramp"  # ramp: LN(x + s_t f(x)) (ProRes' reading) | standardize: LN(x + f/(Var f)^(a_t/2))
     max_norm_step: int = 4000  # T: optimizer steps until the block is exactly Post-LN
-    decay: str = "linear"  # linear | cosine | step: shape of a_t from 1 to 0
-    eps: float = 1e-5  # inside (Var(y) + eps)
+    decay: Decay = "linear"  # shape of s_t from 0 to 1 (standardize: a_t = 1 - s_t)
+    eps: float = 1e-5  # standardize only: inside (Var(y) + eps)
 
     def validate(self) -> None:
         if self.max_norm_step < 1:
             raise ConfigError(f"model.norm_args.max_norm_step: must be >= 1, got {self.max_norm_step}")
-        if self.decay not in DECAYS:
-            raise ConfigError(f"model.norm_args.decay: {self.decay!r} is not one of {', '.join(DECAYS)}")
         if not (self.eps > 0 and math.isfinite(self.eps)):
             raise ConfigError(f"model.norm_args.eps: must be > 0, got {self.eps}")
 
 
-def branchnorm_exponent(step: int, max_norm_step: int, decay: str = "linear") -> float:
-    """a_t: 1 at step 0, falling to exactly 0 at ``max_norm_step`` and staying there."""
-    s = min(max(step, 0) / max_norm_step, 1.0)
+def branchnorm_ramp(step: int, max_norm_step: int, decay: str = "linear") -> float:
+    """s_t: 0 at step 0, rising to exactly 1 at ``max_norm_step`` and staying there."""
+    u = min(max(step, 0) / max_norm_step, 1.0)
     if decay == "linear":
-        return 1.0 - s
+        return u
     if decay == "cosine":
-        return 0.0 if s >= 1.0 else 0.5 * (1.0 + math.cos(math.pi * s))
+        return 1.0 if u >= 1.0 else 0.5 * (1.0 - math.cos(math.pi * u))
     if decay == "step":
-        return 1.0 if s < 1.0 else 0.0
+        return 1.0 if u >= 1.0 else 0.0
     raise ValueError(f"unknown BranchNorm decay {decay!r}")
 
 
-class BranchNormResidual(nn.Module):
-    """``norm(x + y * (Var(y) + eps)^(-a/2))`` with ``y = f(x)`` and ``a`` read from the strategy's
-    ``exponent`` buffer at every call (a plain, unregistered reference: the buffer belongs to the
-    strategy, which the model root owns)."""
+def branchnorm_exponent(step: int, max_norm_step: int, decay: str = "linear") -> float:
+    """a_t = 1 - s_t of the standardize form: 1 at step 0, exactly 0 from ``max_norm_step`` on
+    (written out per shape, so the values are those of the first-wave implementation)."""
+    u = min(max(step, 0) / max_norm_step, 1.0)
+    if decay == "linear":
+        return 1.0 - u
+    if decay == "cosine":
+        return 0.0 if u >= 1.0 else 0.5 * (1.0 + math.cos(math.pi * u))
+    if decay == "step":
+        return 1.0 if u < 1.0 else 0.0
+    raise ValueError(f"unknown BranchNorm decay {decay!r}")
 
-    def __init__(self, norm: nn.Module, strategy: BranchNorm, eps: float) -> None:
+
+class BranchRampResidual(Residual):
+    """``norm(x + s * f(x))`` with ``s`` read from the strategy's ``scale`` buffer at every call (a
+    plain reference: the buffer belongs to the strategy, which the model root owns)."""
+
+    def __init__(self, norm: torch.nn.Module, strategy: BranchNorm) -> None:
+        super().__init__()
+        self.norm = norm
+        object.__setattr__(self, "_strategy", strategy)  # not a submodule: no duplicate buffers
+
+    def forward(self, x: Tensor, branch: Branch) -> Tensor:
+        # s == 1.0 from step T on, and y * 1.0 == y exactly: Post-LN bit for bit
+        return self.norm(x + self.gated(branch(x) * self._strategy.scale))
+
+
+class BranchStandardizeResidual(Residual):
+    """``norm(x + y * (Var(y) + eps)^(-a/2))`` with ``y = f(x)`` and ``a`` from the ``exponent``
+    buffer."""
+
+    def __init__(self, norm: torch.nn.Module, strategy: BranchNorm, eps: float) -> None:
         super().__init__()
         self.norm = norm
         self.eps = float(eps)
-        object.__setattr__(self, "_strategy", strategy)  # not a submodule: no duplicate buffers
+        object.__setattr__(self, "_strategy", strategy)
 
     def forward(self, x: Tensor, branch: Branch) -> Tensor:
         y = branch(x)
         a = self._strategy.exponent
         # (Var + eps)^(-0) == 1 exactly, so at a = 0 this is Post-LN bit for bit
         scale = (y.var(-1, unbiased=False, keepdim=True) + self.eps).pow(-a / 2)
-        return self.norm(x + y * scale)
+        return self.norm(x + self.gated(y * scale))
 
     def extra_repr(self) -> str:
         return f"eps={self.eps:g}"
 
 
 @register
-class BranchNorm(NormStrategy):
+class BranchNorm(NormStrategy, ProgressDriven):
     name = "branchnorm"
     Args = BranchNormArgs
-    has_schedule = True
+    schedule_prefix = "norm"
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.register_buffer("progress", torch.zeros((), dtype=torch.long))
-        self.register_buffer("exponent", torch.ones((), dtype=torch.float32))
+        if self.args.form == "ramp":
+            self.register_buffer("scale", torch.zeros((), dtype=torch.float32))
+        else:
+            self.register_buffer("exponent", torch.ones((), dtype=torch.float32))
 
-    def residual(self, site: Site) -> nn.Module:
-        return BranchNormResidual(self.make_norm(self.d_model), self, self.args.eps)
+    def residual(self, site: Site) -> Residual:
+        if self.args.form == "ramp":
+            return BranchRampResidual(self.make_norm(self.d_model), self)
+        return BranchStandardizeResidual(self.make_norm(self.d_model), self, self.args.eps)
 
-    def exponent_at(self, step: int) -> float:
-        return branchnorm_exponent(step, self.args.max_norm_step, self.args.decay)
+    def factor_at(self, step: int) -> float:
+        """s_t (ramp) or a_t (standardize) at ``step``."""
+        args = self.args
+        if args.form == "ramp":
+            return branchnorm_ramp(step, args.max_norm_step, args.decay)
+        return branchnorm_exponent(step, args.max_norm_step, args.decay)
+
+    @property
+    def factor_name(self) -> str:
+        return "scale" if self.args.form == "ramp" else "exponent"
 
     @torch.no_grad()
-    def set_progress(self, step: int) -> None:
-        self.progress.fill_(int(step))
-        self.exponent.fill_(self.exponent_at(int(step)))
+    def apply_progress(self, step: int) -> None:
+        factor = self.factor_at(step)
+        self.progress.fill_(step)
+        getattr(self, self.factor_name).fill_(factor)
+        self._logged = {self.factor_name: factor, "progress": float(step)}  # host-side copy
 
     def schedule_values(self) -> dict[str, float]:
-        return {"exponent": float(self.exponent), "progress": float(self.progress)}
+        return dict(getattr(self, "_logged", {}))
 
     def reset_state(self) -> None:
         self.set_progress(0)
 
     def constants(self, stack: str) -> dict:
         step = int(self.progress) if not self.progress.is_meta else 0
+        args = self.args
+        formula = "LN(x + s_t*f(x))" if args.form == "ramp" else "LN(x + f(x)*(Var f(x)+eps)^(-a_t/2))"
+        shape = "s_t" if args.form == "ramp" else "a_t = 1 - s_t"
         return {
-            "branch_scale": "(Var(y)+eps)^(-a_t/2)",
-            "schedule": f"a_t {self.args.decay} from 1 to 0 over T={self.args.max_norm_step} steps",
+            "form": args.form,
+            "formula": formula,
+            "schedule": f"{shape}, s_t {args.decay} from 0 to 1 over T={args.max_norm_step} steps",
             "step": step,
-            "exponent": self.exponent_at(step),
-            "exactly_postln_from_step": self.args.max_norm_step,
+            self.factor_name: self.factor_at(step),
+            "exactly_postln_from_step": args.max_norm_step,
         }

@@ -25,10 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn
-
 from normlab.errors import ConfigError
-from normlab.norms.base import InitSpec, NormStrategy, PostNormResidual, Role, Site
+from normlab.norms.base import InitSpec, NormStrategy, PostNormResidual, Residual, Role, Site
 from normlab.norms.registry import register
 
 BETA_ROLES = frozenset({Role.V, Role.OUT, Role.FFN_IN, Role.FFN_OUT})
@@ -80,7 +78,7 @@ class DeepNorm(NormStrategy):
             beta = self.args.beta
         return alpha, beta
 
-    def residual(self, site: Site) -> nn.Module:
+    def residual(self, site: Site) -> Residual:
         return PostNormResidual(self.make_norm(self.d_model), alpha=self.alpha_beta(site.stack)[0])
 
     def init_spec(self, site: Site | None, role: Role) -> InitSpec:

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from normlab.errors import ConfigError
-from normlab.norms.base import Branch, InitSpec, NormStrategy, Role, Site
+from normlab.norms.base import Branch, InitSpec, NormStrategy, Residual, Role, Site
 from normlab.norms.registry import register
 
 PLACEMENTS = ("pre", "post")
@@ -79,7 +79,7 @@ class FFNVariancePreserving(InitSpec):
         return torch.empty(shape).normal_(0.0, std, generator=generator)
 
 
-class ScaledPreNormResidual(nn.Module):
+class ScaledPreNormResidual(Residual):
     """``lam * x + beta * f(norm(x))``."""
 
     def __init__(self, norm: nn.Module, lam: float, beta: float) -> None:
@@ -87,7 +87,7 @@ class ScaledPreNormResidual(nn.Module):
         self.norm, self.lam, self.beta = norm, float(lam), float(beta)
 
     def forward(self, x: Tensor, branch: Branch) -> Tensor:
-        return self.lam * x + self.beta * branch(self.norm(x))
+        return self.lam * x + self.gated(self.beta * branch(self.norm(x)))
 
     def extra_repr(self) -> str:
         return f"lambda={self.lam:.6g}, beta={self.beta:.6g}"
@@ -97,7 +97,7 @@ class ScaledPostNormResidual(ScaledPreNormResidual):
     """``norm(lam * x + beta * f(x))``."""
 
     def forward(self, x: Tensor, branch: Branch) -> Tensor:
-        return self.norm(self.lam * x + self.beta * branch(x))
+        return self.norm(self.lam * x + self.gated(self.beta * branch(x)))
 
 
 @register
@@ -108,7 +108,7 @@ class DeepScaleLM(NormStrategy):
     def lambda_beta(self, stack: str) -> tuple[float, float]:
         return deepscalelm_constants(self.arch.depth(stack), self.args.k)
 
-    def residual(self, site: Site) -> nn.Module:
+    def residual(self, site: Site) -> Residual:
         lam, beta = self.lambda_beta(site.stack)
         cls = ScaledPreNormResidual if self.args.placement == "pre" else ScaledPostNormResidual
         return cls(self.make_norm(self.d_model), lam, beta)

@@ -17,10 +17,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from torch import nn
-
 from normlab.errors import ConfigError
-from normlab.norms.base import NormStrategy, PostNormResidual, Site
+from normlab.norms.base import NormStrategy, PostNormResidual, Residual, Site
 from normlab.norms.registry import register
 
 
@@ -38,7 +36,7 @@ class FoundationLN(NormStrategy):
     name = "foundation_ln"
     Args = FoundationLNArgs
 
-    def residual(self, site: Site) -> nn.Module:
+    def residual(self, site: Site) -> Residual:
         return PostNormResidual(self.make_norm(self.d_model), alpha=self.args.alpha)
 
     def constants(self, stack: str) -> dict:

@@ -42,6 +42,7 @@ from normlab.norms.base import (
     NormedInputResidual,
     NormStrategy,
     PlainResidual,
+    Residual,
     Role,
     Site,
 )
@@ -72,7 +73,7 @@ class HybridNorm(NormStrategy):
     name = "hybridnorm"
     Args = HybridNormArgs
 
-    def residual(self, site: Site) -> nn.Module:
+    def residual(self, site: Site) -> Residual:
         if site.kind == "ffn":
             return NormedInputResidual(self.make_norm(self.d_model))
         return PlainResidual()

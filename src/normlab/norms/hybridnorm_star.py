@@ -13,9 +13,7 @@ as the best variant for its 1.2B dense and 1B-7B MoE models.
 
 from __future__ import annotations
 
-from torch import nn
-
-from normlab.norms.base import PreNormResidual, Site
+from normlab.norms.base import PreNormResidual, Residual, Site
 from normlab.norms.hybridnorm import HybridNorm
 from normlab.norms.registry import register
 
@@ -24,7 +22,7 @@ from normlab.norms.registry import register
 class HybridNormStar(HybridNorm):
     name = "hybridnorm_star"
 
-    def residual(self, site: Site) -> nn.Module:
+    def residual(self, site: Site) -> Residual:
         if site.layer == 0:
             return PreNormResidual(self.make_norm(self.d_model))
         return super().residual(site)

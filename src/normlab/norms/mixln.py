@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from normlab.errors import ConfigError
-from normlab.norms.base import NormStrategy, PostNormResidual, PreNormResidual, Site
+from normlab.norms.base import NormStrategy, PostNormResidual, PreNormResidual, Residual, Site
 from normlab.norms.registry import register
 
 
@@ -48,7 +48,7 @@ class MixLN(NormStrategy):
     def n_post(self, stack: str) -> int:
         return post_ln_layers(self.args.alpha, self.arch.depth(stack))
 
-    def residual(self, site: Site) -> nn.Module:
+    def residual(self, site: Site) -> Residual:
         if site.layer < self.n_post(site.stack):
             return PostNormResidual(self.make_norm(self.d_model), alpha=1.0)
         return PreNormResidual(self.make_norm(self.d_model))

@@ -9,9 +9,7 @@ depth (DeepNet, arXiv 2203.00555, Sec. 3). Init: the standard Xavier-normal init
 
 from __future__ import annotations
 
-from torch import nn
-
-from normlab.norms.base import NormStrategy, PostNormResidual, Site
+from normlab.norms.base import NormStrategy, PostNormResidual, Residual, Site
 from normlab.norms.registry import register
 
 
@@ -19,5 +17,5 @@ from normlab.norms.registry import register
 class PostLN(NormStrategy):
     name = "postln"
 
-    def residual(self, site: Site) -> nn.Module:
+    def residual(self, site: Site) -> Residual:
         return PostNormResidual(self.make_norm(self.d_model), alpha=1.0)

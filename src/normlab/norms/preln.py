@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from normlab.norms.base import NormStrategy, PreNormResidual, Site
+from normlab.norms.base import NormStrategy, PreNormResidual, Residual, Site
 from normlab.norms.registry import register
 
 
@@ -20,7 +20,7 @@ from normlab.norms.registry import register
 class PreLN(NormStrategy):
     name = "preln"
 
-    def residual(self, site: Site) -> nn.Module:
+    def residual(self, site: Site) -> Residual:
         return PreNormResidual(self.make_norm(self.d_model))
 
     def final_norm(self, stack: str) -> nn.Module | None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from normlab.errors import ConfigError
 from normlab.norms.base import ArchSpec, NormStrategy, make_norm_factory
+from normlab.typed_config import describe_fields, to_dataclass
 
 _REGISTRY: dict[str, type[NormStrategy]] = {}
 _NOT_STRATEGIES = {"base", "registry"}
@@ -60,31 +61,15 @@ def get_strategy_class(name: str) -> type[NormStrategy]:
 
 
 def validate_args(name: str, values: Any) -> Any:
-    """``model.norm_args`` -> the strategy's ``Args`` instance, or a one-line ConfigError that
-    lists the valid arguments with their defaults."""
-    from normlab.config import to_dataclass
-
+    """``model.norm_args`` -> the strategy's ``Args`` instance (its ``validate()`` included), or a
+    one-line ConfigError that lists the valid arguments with their defaults."""
     cls = get_strategy_class(name)
     try:
-        args = to_dataclass(cls.Args, values, "model.norm_args")
+        return to_dataclass(cls.Args, values, "model.norm_args")
     except ConfigError as err:
-        if "unknown key" in str(err):
+        if "unknown key" in str(err) or "valid model.norm_args" in str(err):
             raise
-        fields = dataclasses.fields(cls.Args)
-        valid = ", ".join(f"{f.name}={_default(f)}" for f in fields) or "none"
-        raise ConfigError(f"{err} [valid model.norm_args for {name}: {valid}]") from None
-    check = getattr(args, "validate", None)
-    if check is not None:
-        check()  # strategy-specific value checks; raise ConfigError naming model.norm_args.<key>
-    return args
-
-
-def _default(f: dataclasses.Field) -> str:
-    if f.default is not dataclasses.MISSING:
-        return repr(f.default)
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return repr(f.default_factory())  # type: ignore[misc]
-    return "<required>"
+        raise ConfigError(f"{err} [valid model.norm_args for {name}: {describe_fields(cls.Args)}]") from None
 
 
 def build_strategy(model_cfg: Any) -> NormStrategy:

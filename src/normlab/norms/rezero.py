@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from normlab.norms.base import Branch, NormStrategy, Site
+from normlab.norms.base import Branch, NormStrategy, Residual, Site
 from normlab.norms.registry import register
 
 
@@ -47,15 +47,15 @@ class ReZeroGate(nn.Module):
             self.alpha.fill_(self.init_value)
 
 
-class ReZeroResidual(nn.Module):
-    """``x + alpha * f(x)``; ``gate`` is shared by the sublayers of one layer."""
+class ReZeroResidual(Residual):
+    """``x + alpha * f(x)``; ``gate`` (ReZero's alpha) is shared by the sublayers of one layer."""
 
     def __init__(self, gate: ReZeroGate) -> None:
         super().__init__()
-        self.gate = gate
+        self.rezero_gate = gate
 
     def forward(self, x: Tensor, branch: Branch) -> Tensor:
-        return x + self.gate.alpha * branch(x)
+        return x + self.gated(self.rezero_gate.alpha * branch(x))
 
 
 @register
@@ -68,7 +68,7 @@ class ReZero(NormStrategy):
         # (stack, layer) -> gate; a plain dict, so the gates are owned by the blocks, not here.
         self._gates: dict[tuple[str, int], ReZeroGate] = {}
 
-    def residual(self, site: Site) -> nn.Module:
+    def residual(self, site: Site) -> Residual:
         key = (site.stack, site.layer)
         if key not in self._gates:
             self._gates[key] = ReZeroGate(self.args.alpha_init)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from normlab.norms.base import NormStrategy, SandwichResidual, Site
+from normlab.norms.base import NormStrategy, Residual, SandwichResidual, Site
 from normlab.norms.registry import register
 
 
@@ -25,7 +25,7 @@ from normlab.norms.registry import register
 class Sandwich(NormStrategy):
     name = "sandwich"
 
-    def residual(self, site: Site) -> nn.Module:
+    def residual(self, site: Site) -> Residual:
         return SandwichResidual(self.make_norm(self.d_model), self.make_norm(self.d_model))
 
     def final_norm(self, stack: str) -> nn.Module | None:

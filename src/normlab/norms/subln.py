@@ -42,6 +42,7 @@ from normlab.norms.base import (
     InitSpec,
     NormStrategy,
     PreNormResidual,
+    Residual,
     Role,
     Site,
 )
@@ -80,7 +81,7 @@ class SubLN(NormStrategy):
         a = self.arch
         return subln_gamma(a.arch, stack, a.encoder_depth, a.decoder_depth)
 
-    def residual(self, site: Site) -> nn.Module:
+    def residual(self, site: Site) -> Residual:
         return PreNormResidual(self.make_norm(self.d_model))
 
     def attention_options(self, site: Site) -> AttentionOptions:

@@ -16,9 +16,7 @@ When to use it: to isolate the effect of DeepNorm's alpha from its beta in an ab
 
 from __future__ import annotations
 
-from torch import nn
-
-from normlab.norms.base import NormStrategy, PostNormResidual, Site
+from normlab.norms.base import NormStrategy, PostNormResidual, Residual, Site
 from normlab.norms.deepnorm import deepnorm_constants
 from normlab.norms.registry import register
 
@@ -31,7 +29,7 @@ class UpscaleLN(NormStrategy):
         a = self.arch
         return deepnorm_constants(a.arch, stack, a.encoder_depth, a.decoder_depth)[0]
 
-    def residual(self, site: Site) -> nn.Module:
+    def residual(self, site: Site) -> Residual:
         return PostNormResidual(self.make_norm(self.d_model), alpha=self.alpha(site.stack))
 
     def constants(self, stack: str) -> dict:

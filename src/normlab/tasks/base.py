@@ -17,8 +17,12 @@ import lightning as L
 import torch
 from torch import nn
 
+from normlab.callbacks.run_record import RunRecord
+from normlab.callbacks.schedule import ScheduleCallback
 from normlab.config import OptimConfig, validate_model_config, validate_optim_config
 from normlab.models.init import materialize
+from normlab.norms.registry import get_strategy_class
+from normlab.progress import ProgressDriven, check_driven, scheduled_modules
 
 CHECKPOINT_KEY = "normlab"
 
@@ -64,6 +68,8 @@ class TransformerTask(L.LightningModule):
         self.optim_cfg = validate_optim_config(optim)
         self.net: nn.Module | None = None
         self.tokenizer_json: str | None = None  # set by the run; embedded in checkpoints
+        self._scheduled: list[ProgressDriven] = []
+        self._grad_norm_cache: tuple[int, torch.Tensor | None] | None = None
 
     # --- model ------------------------------------------------------------------------------
     def build_network(self) -> nn.Module:
@@ -78,6 +84,22 @@ class TransformerTask(L.LightningModule):
         net = self.build_network()
         net = distributed.parallelize(net, self)
         self.net = materialize(net, distributed.materialize_device(self), seed=self.hparams.seed)
+        self._scheduled = scheduled_modules(self.net)
+
+    @property
+    def has_schedule(self) -> bool:
+        """Whether the model changes with the training step (known from the config alone, because
+        Lightning asks for callbacks before ``configure_model`` builds the network)."""
+        strategy_scheduled = issubclass(get_strategy_class(self.model_cfg.norm), ProgressDriven)
+        return strategy_scheduled or self.model_cfg.residual_warmup is not None
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """What any Trainer fitting this task gets: the run record (metrics.json, train_curve.csv,
+        spike scores) and, when the model has a schedule, the schedule driver."""
+        return [RunRecord(), *([ScheduleCallback()] if self.has_schedule else [])]
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        check_driven(self._scheduled, self.trainer.global_step)
 
     @property
     def norm_strategy(self):
@@ -106,8 +128,17 @@ class TransformerTask(L.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
         }
 
+    def step_grad_norm(self) -> torch.Tensor | None:
+        """The global gradient norm of the current optimizer step (before clipping), computed once
+        per step however many callbacks ask (divergence guard, run record, the log below)."""
+        step = self.trainer.global_step
+        if self._grad_norm_cache is None or self._grad_norm_cache[0] != step:
+            self._grad_norm_cache = (step, global_grad_norm(self))
+        return self._grad_norm_cache[1]
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        norm = global_grad_norm(self)
+        norm = self.step_grad_norm()
+        self._grad_norm_cache = None  # the next step's gradients are new ones
         if norm is not None:
             self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
 
