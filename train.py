@@ -13,14 +13,15 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("NORMLAB_ROOT", str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parent
+os.environ.setdefault("NORMLAB_ROOT", str(ROOT))
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from normlab.distributed import register_resolvers  # noqa: E402
+from normlab.cli import one_line_errors, prepare_argv  # noqa: E402
+from normlab.launch import register_resolvers  # noqa: E402
 from normlab.run import train  # noqa: E402
-from normlab.utils import check_model_overrides, norm_args_overrides, one_line_errors  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
@@ -32,6 +33,5 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     register_resolvers()
-    check_model_overrides(sys.argv[1:])
-    sys.argv[1:] = norm_args_overrides(sys.argv[1:])
+    sys.argv[1:] = prepare_argv(sys.argv[1:], ROOT / "configs", "train")
     main()

@@ -129,8 +129,8 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     from omegaconf import open_dict
 
     from normlab.callbacks.run_record import RunRecord
+    from normlab.cli import open_node_overrides
     from normlab.run import train
-    from normlab.utils import norm_args_overrides
 
     torch.set_num_threads(1)
     a = spec["args"]
@@ -155,7 +155,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         "callbacks=none",
         "+callbacks.update_probe._target_=stability.UpdateProbe",
         f"seed={a['seed']}",
-        *norm_args_overrides(spec["overrides"]),
+        *open_node_overrides(spec["overrides"]),
     ]
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):

@@ -72,7 +72,6 @@ class ModelConfig:
     tie_embeddings: bool = field(default=True, metadata=ARCHITECTURE)  # head shares the embedding
     share_embeddings: bool = field(default=False, metadata=ARCHITECTURE)  # enc-dec: one embedding
     residual_warmup: ResidualWarmupConfig | None = None  # ProRes warm-up, e.g. {schedule: linear, T: 1000}
-    activation_checkpointing: bool = False  # recompute each block in backward (memory for time)
     init_from: str | None = None  # arch=encoder: start from this MLM checkpoint's encoder
 
     def stack_depths(self) -> tuple[int, int]:
@@ -180,10 +179,37 @@ class OptimConfig:
             raise ConfigError(f"optim.min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
 
 
+@dataclass(frozen=True)
+class ComputeConfig:
+    """``compute``: how a run uses the machine. None of it changes what the model computes (up to
+    floating-point reassociation with ``compile_blocks``), so it is not saved with the model."""
+
+    activation_checkpointing: Literal["none", "full", "selective"] = "none"  # recompute in backward
+    compile_blocks: bool = False  # torch.compile each block once; identical blocks share the code
+    threads: int | None = None  # torch intra-op threads (null: torch's default, all cores)
+    flush_denormal: bool = True  # CPU: subnormal floats as zero (deep Post-LN backward underflows)
+
+    def validate(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"compute.threads: must be >= 1 (or null for all cores), got {self.threads}")
+
+
+# keys that moved out of a group, with where they went (a one-line hint instead of "unknown key")
+MOVED_KEYS = {"model.activation_checkpointing": "compute.activation_checkpointing (none | full | selective)"}
+
+
 def validate_model_config(values: Any) -> ModelConfig:
     """Turn the ``model`` node into a :class:`ModelConfig`, refusing impossible combinations."""
-    return to_dataclass(ModelConfig, plain(values), "model")
+    values = plain(values)
+    for key in values or {}:
+        if f"model.{key}" in MOVED_KEYS:
+            raise ConfigError(f"model.{key}: moved to {MOVED_KEYS['model.' + key]}; set it there")
+    return to_dataclass(ModelConfig, values, "model")
 
 
 def validate_optim_config(values: Any) -> OptimConfig:
     return to_dataclass(OptimConfig, plain(values), "optim")
+
+
+def validate_compute_config(values: Any) -> ComputeConfig:
+    return to_dataclass(ComputeConfig, plain(values), "compute")

@@ -21,13 +21,13 @@ from normlab.errors import ConfigError
 def describe(overrides: list[str]) -> dict:
     from hydra import compose, initialize_config_dir
 
+    from normlab.cli import open_node_overrides
     from normlab.config import validate_model_config
     from normlab.description import model_description
-    from normlab.utils import norm_args_overrides
 
     config_dir = Path(__file__).resolve().parents[2] / "configs"
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=norm_args_overrides(overrides))
+        cfg = compose(config_name="train", overrides=open_node_overrides(overrides))
     return model_description(validate_model_config(cfg.model))
 
 

@@ -3,9 +3,12 @@
 ``train.py`` / ``eval.py`` are thin ``@hydra.main`` wrappers around these; tests call them
 directly. Both return ``(metrics, objects)``.
 
-Data flow of a run: validate config -> datamodule (fetch data, train/load tokenizer) -> task
+Data flow of a run: validate every config group once (model, optim, compute, trainer; the data
+module and task validate their own keys when built) -> apply the compute settings (threads,
+subnormal flushing) -> seed -> datamodule (fetch data, train/load the tokenizer) -> task
 (LightningModule; the network is built in ``configure_model``) -> Trainer (strategy, precision,
-callbacks, TensorBoard) -> checkpoints + logs under one run directory.
+callbacks, TensorBoard) -> checkpoints, logs and the run record under one run directory.
+Nothing is seeded, printed or written before every check that can fail without data has passed.
 """
 
 from __future__ import annotations
@@ -17,21 +20,28 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from normlab.config import validate_model_config, validate_optim_config
+from normlab.checkpoints import (
+    CHECKPOINT_KEY,
+    check_same_architecture,
+    check_task,
+    load_task,
+    read_checkpoint_meta,
+)
+from normlab.config import (
+    ComputeConfig,
+    validate_compute_config,
+    validate_model_config,
+    validate_optim_config,
+)
 from normlab.description import format_description, model_description, network_description
 from normlab.errors import ConfigError
-from normlab.tasks.base import CHECKPOINT_KEY
+from normlab.instantiate import instantiate_callbacks, instantiate_checked, instantiate_loggers
+from normlab.run_log import log_description, rank_zero_print
+from normlab.trainer_config import validate_trainer_config
 from normlab.typed_config import as_plain
-from normlab.utils import (
-    instantiate_callbacks,
-    instantiate_checked,
-    instantiate_loggers,
-    log_description,
-    rank_zero_print,
-)
 
 log = logging.getLogger("normlab")
 
@@ -40,31 +50,46 @@ def _container(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
-def build_trainer(cfg: DictConfig, callbacks: list[L.Callback], loggers: list[Any]) -> L.Trainer:
-    from normlab import distributed
+def apply_compute(compute: ComputeConfig) -> None:
+    """Process-wide settings of ``compute``: intra-op threads and subnormal flushing.
 
-    trainer_cfg = distributed.validate_trainer_config(cfg.trainer)
-    try:
-        return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
-    except Exception as err:  # hydra wraps what the Trainer / strategy constructors raise
-        cause = err.__cause__ or err
-        if isinstance(cause, ConfigError):
-            raise cause from None
-        if isinstance(cause, (TypeError, ValueError)):
-            raise ConfigError(f"trainer: {cause}".splitlines()[0]) from err
-        raise
+    Subnormals: in deep Post-LN stacks (postln, branchnorm, ...) the backward signal of the lower
+    layers shrinks into the subnormal range (|x| < 1.2e-38 in fp32), and x86 CPUs compute on those
+    through a microcode path that is tens of times slower (measured here at depth 1000: Post-LN 30.5
+    s/step with subnormals against 4.6 s for Pre-LN). Values that small are zero for training
+    purposes; ``compute.flush_denormal=false`` keeps IEEE behaviour. No effect on GPUs.
+    """
+    torch.set_flush_denormal(compute.flush_denormal)
+    if compute.threads is not None:
+        torch.set_num_threads(compute.threads)
+
+
+def build_trainer(cfg: DictConfig, callbacks: list[L.Callback], loggers: list[Any]) -> L.Trainer:
+    """The Trainer of ``cfg.trainer`` (already checked by :func:`validate_trainer_config`)."""
+    return instantiate_checked("trainer", cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+def _checked_resume(path: Any, task: Any, model: dict[str, Any]) -> str:
+    """A resume checkpoint must be readable, of this task family and of this architecture."""
+    meta = read_checkpoint_meta(path, "ckpt_path")
+    extras = meta.get(CHECKPOINT_KEY)
+    if not extras:
+        raise ConfigError(f"ckpt_path: {path} is not a normlab checkpoint (no '{CHECKPOINT_KEY}' entry)")
+    check_task(extras, task, path)
+    saved = (meta.get("hyper_parameters") or {}).get("model") or {}
+    check_same_architecture(model, saved, "ckpt_path", f"the checkpoint {path}")
+    return str(path)
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit (and optionally test) the task described by ``cfg``."""
-    set_flush_denormal(bool(cfg.get("flush_denormal", True)))
-    L.seed_everything(cfg.seed, workers=True)
     model_cfg = validate_model_config(cfg.model)
     optim_cfg = validate_optim_config(cfg.optim)
-    from normlab import distributed
-
-    distributed.validate_trainer_config(cfg.trainer)  # precision x hardware x strategy, before any data work
+    compute = validate_compute_config(cfg.get("compute"))
+    validate_trainer_config(cfg.trainer)  # precision x hardware x strategy, before any data work
     description = model_description(model_cfg)
+    apply_compute(compute)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     data_cfg = _container(cfg.data)
     datamodule = _instantiate("data", cfg.data)
@@ -72,13 +97,17 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     task = _instantiate(
         "task",
         cfg.task,
-        model=as_plain(model_cfg),
-        optim=as_plain(optim_cfg),
+        model=model_cfg,
+        optim=optim_cfg,
+        compute=compute,
         vocab_size=tokenizer.vocab_size,
         data=data_cfg,
         seed=cfg.seed,
     )
     task.tokenizer_json = tokenizer.to_json()
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path:
+        ckpt_path = _checked_resume(ckpt_path, task, as_plain(model_cfg))
 
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
@@ -92,11 +121,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             f"unigram baseline (val cross-entropy of train token frequencies): {baseline:.4f} nats"
         )
 
-    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = _scalars(trainer.callback_metrics)
     if cfg.get("test"):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        results = trainer.test(task, datamodule=datamodule, ckpt_path=best or None)
+        results = trainer.test(task, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update(_scalars(results[0] if results else {}))
     if baseline is not None:
         metrics["unigram_baseline"] = float(baseline)
@@ -117,14 +146,16 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         raise ConfigError(
             f"ckpt_path: {ckpt_path} does not exist; pass ckpt_path=<run dir>/checkpoints/last.ckpt"
         )
-    from normlab import distributed
-
-    extra = distributed.read_checkpoint_extras(ckpt_path)
+    compute = validate_compute_config(cfg.get("compute"))
+    validate_trainer_config(cfg.trainer)
+    meta = read_checkpoint_meta(ckpt_path, "ckpt_path")
+    extra = meta.get(CHECKPOINT_KEY)
     if not extra:
         raise ConfigError(f"ckpt_path: {ckpt_path} is not a normlab checkpoint (no '{CHECKPOINT_KEY}' entry)")
     task_cls = get_class(extra["task"])
     overrides = _container(cfg.get("task_overrides")) or {}
-    task = distributed.load_task(task_cls, ckpt_path, overrides)
+    apply_compute(compute)
+    task = load_task(task_cls, ckpt_path, {**overrides, "compute": compute})
 
     data_cfg = dict(extra["data"])
     data_cfg.update(_container(cfg.get("data_overrides")) or {})
@@ -132,8 +163,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     data_cfg["tokenizer_json"] = extra["tokenizer"]
     datamodule = _instantiate("data", data_cfg)
 
-    set_flush_denormal(bool(cfg.get("flush_denormal", True)))
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer = build_trainer(cfg, instantiate_callbacks(cfg.get("callbacks")), loggers)
     rank_zero_print(format_description(network_description(task.net)))
@@ -154,18 +184,6 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         (out_dir / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
         rank_zero_print(f"metrics written to {out_dir / 'metrics.json'}")
     return metrics, {"cfg": cfg, "task": task, "trainer": trainer, "datamodule": datamodule}
-
-
-def set_flush_denormal(flush: bool) -> None:
-    """Treat subnormal floats (|x| < 1.2e-38 in fp32) as zero on the CPU, for this process.
-
-    Why: in deep Post-LN stacks (postln, branchnorm, ...) the backward signal of the lower layers
-    shrinks into the subnormal range, and x86 CPUs compute on subnormals through a microcode path
-    that is tens of times slower. Measured here at depth 1000 (d_model 64): Post-LN 30.5 s/step with
-    subnormals against 4.6 s for Pre-LN; flushing brings Post-LN back in line. Values that small are
-    zero for training purposes. No effect on GPUs; ``flush_denormal=false`` keeps IEEE behaviour.
-    """
-    torch.set_flush_denormal(flush)
 
 
 def _instantiate(key: str, node: Any, **kwargs: Any) -> Any:

@@ -145,7 +145,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             except ConfigError as err:
                 errors.append(err)
         if len(errors) == 1:
-            raise errors[0]
+            suffix = " or null" if type(None) in options else ""
+            raise ConfigError(f"{errors[0]}{suffix}") from None
         raise ConfigError(f"{key}: expected {type_name(tp)}, got {value!r}")
     origin = get_origin(tp)
     if origin is Literal:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from normlab.distributed import read_checkpoint_extras
+from normlab.checkpoints import read_extras as read_checkpoint_extras
 from normlab.run import evaluate, train
 from tests.distributed import recorder
 from tests.distributed.launch import torchrun
@@ -72,7 +72,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict:
     fsdp = COMMON + [
         "trainer=fsdp",
         "data.batch_size=4",
-        "model.activation_checkpointing=true",
+        "compute.activation_checkpointing=full",
         "logger=csv",
         "callbacks.stability_monitor.every_n_steps=2",
         *CKPT,

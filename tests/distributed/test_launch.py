@@ -16,7 +16,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from normlab import distributed
+from normlab import distributed, launch
+from normlab.checkpoints import read_extras
 from normlab.config import validate_model_config
 from normlab.errors import ConfigError
 from normlab.models.init import build_model
@@ -38,24 +39,24 @@ LAUNCH_VARS = (
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     for var in LAUNCH_VARS:
         monkeypatch.delenv(var, raising=False)
-    distributed.register_resolvers()
+    launch.register_resolvers()
     return monkeypatch
 
 
 def test_run_id_comes_from_the_command_line_then_the_launcher(clean_env: pytest.MonkeyPatch) -> None:
-    started = distributed.run_id()
-    assert distributed.run_id() == started  # the time-stamp fallback is fixed per process
+    started = launch.run_id()
+    assert launch.run_id() == started  # the time-stamp fallback is fixed per process
     clean_env.setenv("TORCHELASTIC_RUN_ID", "none")  # torchrun's default: not a job id
-    assert distributed.run_id() == started
+    assert launch.run_id() == started
     clean_env.setenv("TORCHELASTIC_RUN_ID", "rdzv42")
-    assert distributed.run_id() == "rdzv42"
+    assert launch.run_id() == "rdzv42"
     clean_env.setenv("SLURM_JOB_ID", "123456")  # an allocation alone (salloc shell): not one run
-    assert distributed.run_id() == "rdzv42"
+    assert launch.run_id() == "rdzv42"
     clean_env.setenv("SLURM_STEP_ID", "2")  # an srun step: all its tasks are one run
-    assert distributed.run_id() == "123456_2"
+    assert launch.run_id() == "123456_2"
     clean_env.setenv("NORMLAB_RUN_ID", "exp1")
-    assert distributed.run_id() == "exp1"
-    assert distributed.run_id("from-cli") == "from-cli"
+    assert launch.run_id() == "exp1"
+    assert launch.run_id("from-cli") == "from-cli"
 
 
 @pytest.mark.parametrize(
@@ -71,7 +72,7 @@ def test_run_id_comes_from_the_command_line_then_the_launcher(clean_env: pytest.
 def test_launch_rank_before_any_process_group(clean_env: pytest.MonkeyPatch, env: dict, rank: int) -> None:
     for key, value in env.items():
         clean_env.setenv(key, value)
-    assert distributed.launch_rank() == rank
+    assert launch.launch_rank() == rank
 
 
 def _hydra_node(overrides: list[str]) -> OmegaConf:
@@ -122,7 +123,7 @@ def test_fsdp_strategy_checks_its_own_arguments() -> None:
 
 def test_a_directory_without_metadata_is_not_a_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^ckpt_path: .* is a directory without meta\.pt"):
-        distributed.read_checkpoint_extras(tmp_path)
+        read_extras(tmp_path)
 
 
 def _script(env: dict[str, str]) -> subprocess.CompletedProcess:

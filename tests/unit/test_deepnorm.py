@@ -1,4 +1,4 @@
-"""DeepNorm exact to norms.md §2 and §8 (checks 1-7, 11b): constants, identities, init
+"""DeepNorm exact to docs/norms.md §2 and §8 (checks 1-7, 11b): constants, identities, init
 statistics, placement, and the alpha = beta = 1 equivalence with Post-LN."""
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def _model(arch: str, norm: str, depth: int, d_model: int = 64, seed: int = 0, *
 
 
 def test_init_statistics_beta_only_on_v_out_ffn() -> None:
-    """norms.md §8.6: 768x768 W^V with N=24 has std 0.268642*sqrt(2/1536) = 0.009694 (+-5%);
+    """docs/norms.md §8.6: 768x768 W^V with N=24 has std 0.268642*sqrt(2/1536) = 0.009694 (+-5%);
     W^Q, W^K keep sqrt(2/1536) = 0.036084."""
     d = 768
     model = _model("encoder", "deepnorm", 24, d_model=d, norm_layer="layernorm")
@@ -112,7 +112,7 @@ def test_encoder_decoder_cross_attention_uses_decoder_beta() -> None:
 
 @pytest.mark.parametrize("arch", ["decoder", "encoder", "encoder_decoder"])
 def test_alpha_beta_one_is_exactly_postln(arch: str) -> None:
-    """norms.md §8.5: same params, same input -> bit-identical outputs."""
+    """docs/norms.md §8.5: same params, same input -> bit-identical outputs."""
     deep = _model(arch, "deepnorm", 4, seed=3, norm_args={"alpha": 1.0, "beta": 1.0})
     post = _model(arch, "postln", 4, seed=3)
     assert all(

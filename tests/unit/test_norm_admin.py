@@ -1,4 +1,4 @@
-"""Admin (admin-torch closed form) exact to norms.md §6 and §8.10: omega values, n counted per
+"""Admin (admin-torch closed form) exact to docs/norms.md §6 and §8.10: omega values, n counted per
 stack (2N, 2M, 3M), omega = 1 is bit-identical to Post-LN, the learnable variant, Post-LN
 placement without a final norm, in all three architectures."""
 
@@ -49,7 +49,7 @@ def _residuals(block):
 
 
 def test_omega_values_for_n_12() -> None:
-    """norms.md §8.10: n = 12 residual sublayers -> 2.017009 (O(logn)), 3.464102 (O(1)), 1.0 (O(n))."""
+    """docs/norms.md §8.10: n = 12 residual sublayers -> 2.017009 (O(logn)), 3.464102 (O(1)), 1.0 (O(n))."""
     assert admin_omega(12) == pytest.approx(2.017009, abs=5e-7)
     assert admin_omega(12, "O(1)") == pytest.approx(3.464102, abs=5e-7)
     assert admin_omega(12, "O(n)") == 1.0
@@ -88,7 +88,7 @@ def test_omega_is_counted_per_stack_and_placed_on_every_sublayer(arch, depth, ex
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_omega_one_is_exactly_post_ln(arch: str) -> None:
-    """norms.md §8.10: with omega = 1 (output_change_scale O(n)) the Admin model is Post-LN."""
+    """docs/norms.md §8.10: with omega = 1 (output_change_scale O(n)) the Admin model is Post-LN."""
     admin = _model(arch, 4, seed=3, norm_args={"output_change_scale": "O(n)"})
     post = _model(arch, 4, seed=3, norm="postln")
     sa, sp = admin.state_dict(), post.state_dict()

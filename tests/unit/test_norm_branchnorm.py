@@ -1,4 +1,4 @@
-"""BranchNorm in both readings (norms.md §3 and its Update, §8 checks 12-14): the ramp (ProRes'
+"""BranchNorm in both readings (docs/norms.md §3 and its Update, §8 checks 12-14): the ramp (ProRes'
 reading, the default) and standardize (Candidate A). The schedules' numbers; both forms are exactly
 Post-LN for t >= T; the ramp makes every sublayer LN(x) at t = 0; standardize is invariant to the
 branch-weight scale at t = 0 and needs no mean-centring under LayerNorm; the progress lives in

@@ -1,4 +1,4 @@
-"""DeepScaleLM to norms.md §7 and §8.22: lambda / beta constants and their identity, the
+"""DeepScaleLM to docs/norms.md §7 and §8.22: lambda / beta constants and their identity, the
 variance-preserving init (weight statistics and unit-variance FFN branch), a residual stream that
 keeps unit-order variance at depth 48 where Pre-LN's grows ~40x, and both placements, in all
 three architectures."""
@@ -51,7 +51,7 @@ def _stacks(model):
 
 
 def test_constants_n24_k2() -> None:
-    """norms.md §8.22: N = 24, k = 2 -> beta = 0.288675, lambda = 0.957427, lambda^2 + beta^2 = 1."""
+    """docs/norms.md §8.22: N = 24, k = 2 -> beta = 0.288675, lambda = 0.957427, lambda^2 + beta^2 = 1."""
     lam, beta = deepscalelm_constants(24, 2.0)
     assert beta == pytest.approx(0.288675, abs=5e-7)
     assert lam == pytest.approx(0.957427, abs=5e-7)

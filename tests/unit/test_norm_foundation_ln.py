@@ -1,4 +1,4 @@
-"""FoundationLayerNorm (norms.md §4 and §8.15): alpha = 0.974 at every depth and on every stack,
+"""FoundationLayerNorm (docs/norms.md §4 and §8.15): alpha = 0.974 at every depth and on every stack,
 configurable, standard init (weights equal Post-LN's), no final norm; alpha = 1 is Post-LN."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""HybridNorm and HybridNorm* (norms.md §5 and §8 checks 16-19): where the norms sit, the block
+"""HybridNorm and HybridNorm* (docs/norms.md §5 and §8 checks 16-19): where the norms sit, the block
 equals the released code's formula (QKV norms before RoPE), zero-FFN identity, HybridNorm* block 0
 is a Pre-Norm block with QKV norms, Megatron init numbers; in all three architectures."""
 

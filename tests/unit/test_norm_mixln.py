@@ -1,4 +1,4 @@
-"""Mix-LN exact to norms.md §7 and §8.20: Post-LN for the first floor(alpha * L) layers, Pre-LN
+"""Mix-LN exact to docs/norms.md §7 and §8.20: Post-LN for the first floor(alpha * L) layers, Pre-LN
 after; alpha = 0 is Pre-LN and alpha = 1 is Post-LN bit for bit; each stack of an encoder-decoder
 is split on its own. In all three architectures."""
 
@@ -55,7 +55,7 @@ def _kinds(stack) -> list[str]:
 
 @pytest.mark.parametrize(("depth", "n_post"), [(24, 6), (12, 3), (48, 12), (3, 0)])
 def test_layer_split_of_a_decoder(depth: int, n_post: int) -> None:
-    """norms.md §8.20: L = 24, alpha = 0.25 -> layers 0-5 Post-LN, 6-23 Pre-LN; L = 12 -> 0-2."""
+    """docs/norms.md §8.20: L = 24, alpha = 0.25 -> layers 0-5 Post-LN, 6-23 Pre-LN; L = 12 -> 0-2."""
     model = build_model(_cfg("decoder", depth), vocab_size=V)  # meta device: structure only
     assert _kinds(model.decoder) == ["post"] * n_post + ["pre"] * (depth - n_post)
     assert model.decoder.final_norm is not None

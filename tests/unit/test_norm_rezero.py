@@ -1,4 +1,4 @@
-"""ReZero exact to norms.md §7 and §8.23: every gate is 0 at init, so every stack maps its input
+"""ReZero exact to docs/norms.md §7 and §8.23: every gate is 0 at init, so every stack maps its input
 to itself; no norm anywhere; one gate per layer shared by its sublayers; at init only the gates
 receive gradient. In all three architectures."""
 
@@ -30,7 +30,7 @@ def _gates(model) -> list[ReZeroGate]:
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_every_stack_is_the_identity_at_init(arch: str) -> None:
-    """norms.md §8.23: with all gates 0 the hidden states equal the embeddings exactly."""
+    """docs/norms.md §8.23: with all gates 0 the hidden states equal the embeddings exactly."""
     model = _model(arch, depth=6)
     assert all(g.alpha.item() == 0.0 for g in _gates(model))
     src, tgt = torch.randint(0, V, (2, 9)), torch.randint(0, V, (2, 5))

@@ -1,4 +1,4 @@
-"""Sandwich-LN / Peri-LN placement (norms.md §7, §8.7): a norm before and after every sublayer
+"""Sandwich-LN / Peri-LN placement (docs/norms.md §7, §8.7): a norm before and after every sublayer
 (self-attn, cross-attn, FFN), the residual stream itself never normalised, exactly one final norm
 per stack; LayerNorm or RMSNorm. In all three architectures."""
 

@@ -1,4 +1,4 @@
-"""Sub-LN / Magneto exact to norms.md §2b and §8.9: gamma per architecture, gamma multiplies
+"""Sub-LN / Magneto exact to docs/norms.md §2b and §8.9: gamma per architecture, gamma multiplies
 (DeepNorm's beta shrinks), q/k and cross-attention untouched, an LN before W^O and before fc2,
 one final norm, in all three architectures."""
 

@@ -1,4 +1,4 @@
-"""Upscale LayerNorm (norms.md §4 and §8.15): DeepNorm's alpha on the skip path, standard init
+"""Upscale LayerNorm (docs/norms.md §4 and §8.15): DeepNorm's alpha on the skip path, standard init
 (weights equal Post-LN's under the same seed), Post-LN placement without a final norm; equal
 to DeepNorm with beta = 1."""
 

@@ -3,7 +3,7 @@
 ``bf16-mixed`` (autocast, fp32 weights) and ``bf16-true`` (bf16 weights) train the debug LM a few
 steps on real data next to ``32-true`` from the same init and batches: finite, falling losses, and a
 first-step loss within bf16 rounding of fp32's. Combinations the hardware or strategy cannot run are
-refused by ``normlab.distributed.validate_trainer_config`` with one line naming the key and the fix,
+refused by ``normlab.trainer_config.validate_trainer_config`` with one line naming the key and the fix,
 before any data is touched, and every trainer config builds a Trainer.
 """
 
@@ -19,9 +19,10 @@ import pytest
 import torch
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
-from normlab.distributed import FSDP2Strategy, validate_trainer_config
+from normlab.distributed import FSDP2Strategy
 from normlab.errors import ConfigError
 from normlab.run import build_trainer, train
+from normlab.trainer_config import validate_trainer_config
 from tests.distributed import recorder
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,7 +93,7 @@ BAD = [
     ),
     (
         ["trainer=fsdp", "trainer.strategy.sharding=zero3"],
-        "trainer.strategy.sharding: 'zero3' is not a sharding",
+        "trainer.strategy.sharding: 'zero3' is not one of full, hybrid",
     ),
     (
         ["trainer=fsdp", "trainer.strategy.layers_per_unit=0"],
@@ -100,7 +101,7 @@ BAD = [
     ),
     (
         ["trainer=fsdp", "trainer.strategy.param_dtype=fp8"],
-        "trainer.strategy.param_dtype: 'fp8' is not a dtype",
+        "trainer.strategy.param_dtype: 'fp8' is not one of float32, bfloat16, float16 or null",
     ),
     (["trainer=fsdp", "+trainer.strategy.cpu_offload=true"], "trainer.strategy.cpu_offload: unknown key"),
     (
@@ -154,7 +155,7 @@ def test_every_trainer_config_builds_its_strategy(
     assert type(trainer.strategy) is strategy
     assert trainer.num_devices == processes
     if name == "fsdp":
-        assert (trainer.strategy.sharding, trainer.strategy.layers_per_unit) == ("full", 1)
+        assert (trainer.strategy.args.sharding, trainer.strategy.args.layers_per_unit) == ("full", 1)
         assert trainer.strategy._save_distributed_checkpoint
 
 

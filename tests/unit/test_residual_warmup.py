@@ -1,4 +1,4 @@
-"""ProRes residual warm-up (norms.md §7b; arXiv 2603.05369 Tables 1 and 5; dandingsky/ProRes code).
+"""ProRes residual warm-up (docs/norms.md §7b; arXiv 2603.05369 Tables 1 and 5; dandingsky/ProRes code).
 
 Every schedule's alpha(l, t) against Table 5 at sample points and against the authors' code path
 (linspace of per-layer warm-up ends over --prores_warmup_steps = T*L); where the scalar sits

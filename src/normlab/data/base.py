@@ -1,6 +1,7 @@
-"""What every normlab datamodule shares: one ``_loader(split)`` behind Lightning's three loader
-hooks, the tokenizer built once (from a checkpoint's JSON, else trained or loaded from the cache),
-and the integer checks of their constructor arguments (one-line ConfigErrors)."""
+"""What every normlab datamodule shares: a typed config (``Config``, a dataclass validated with
+one-line errors, the one place its defaults live), one ``_loader(split)`` behind Lightning's three
+loader hooks, and the tokenizer built once (from a checkpoint's JSON, else trained or loaded from
+the cache)."""
 
 from __future__ import annotations
 
@@ -14,24 +15,45 @@ from torch.utils.data import DataLoader, Dataset
 from normlab.data.sampling import train_sampler
 from normlab.data.tokenizer import TextTokenizer, TokenizerSettings
 from normlab.errors import ConfigError
+from normlab.typed_config import as_plain, to_dataclass
 
 
-def check_int(key: str, value: Any, minimum: int) -> None:
-    """``data.<key>`` must be an int (not a bool) >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+def check_min(key: str, value: int, minimum: int) -> None:
+    """``data.<key>`` must be >= ``minimum`` (its type is checked by the typed config)."""
+    if value < minimum:
         raise ConfigError(f"data.{key}: must be an integer >= {minimum}, got {value!r}")
 
 
-class SplitDataModule(L.LightningDataModule):
-    """Subclasses implement ``_loader(split)`` for ``"train"``, ``"val"`` and ``"test"`` and
-    ``_build_tokenizer()``, and set ``settings``, ``tokenizer_json`` and ``_tokenizer = None``."""
+def check_splits(splits: list[float]) -> None:
+    if len(splits) != 3 or min(splits) <= 0 or abs(sum(splits) - 1.0) > 1e-6:
+        raise ConfigError(
+            f"data.splits: need three positive fractions (train, val, test) summing to 1, got {list(splits)}"
+        )
 
-    settings: TokenizerSettings
-    tokenizer_json: str | None
-    _tokenizer: TextTokenizer | None
+
+class SplitDataModule(L.LightningDataModule):
+    """Subclasses set ``Config`` (a dataclass with ``tokenizer: TokenizerSettings``, ``seed``,
+    ``num_workers``, ``tokenizer_json``) and implement ``_loader(split)`` for ``"train"``,
+    ``"val"`` and ``"test"`` and ``_build_tokenizer()``. Hydra passes the YAML keys as keyword
+    arguments; unknown keys and wrong types fail in one line naming ``data.<key>``."""
+
+    Config: type
     batch_size: int
-    num_workers: int
-    seed: int
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__()
+        self.cfg = to_dataclass(self.Config, values, "data")
+        self.settings: TokenizerSettings = self.cfg.tokenizer
+        self.tokenizer_json: str | None = self.cfg.tokenizer_json
+        self.num_workers: int = self.cfg.num_workers
+        self.seed: int = self.cfg.seed
+        self._tokenizer: TextTokenizer | None = None
+
+    def data_config(self) -> dict[str, Any]:
+        """The config as plain values (minus the tokenizer JSON): rebuilds this module."""
+        out = as_plain(self.cfg)
+        out.pop("tokenizer_json", None)
+        return out
 
     def batches(
         self, data: Dataset, split: str, collate_fn: Callable[[list[Any]], Any] | None = None

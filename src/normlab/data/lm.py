@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from normlab.data.base import SplitDataModule, check_int
+from normlab.data.base import SplitDataModule, check_min, check_splits
 from normlab.data.sources import DATASETS, atomic_output, ensure_dataset
 from normlab.data.tokenizer import TextTokenizer, TokenizerSettings, split_corpus, train_or_load
 from normlab.errors import ConfigError
@@ -65,63 +66,43 @@ def unigram_cross_entropy(train_ids: Tensor, eval_ids: Tensor, vocab_size: int) 
     return float(-log_p[eval_ids].mean())
 
 
+@dataclass(frozen=True)
+class LMDataConfig:
+    """``data`` of ``configs/data/tinyshakespeare.yaml`` (normlab.data.lm.LMDataModule)."""
+
+    dataset: str = "tinyshakespeare"  # tinyshakespeare | wikitext2
+    data_dir: str = "data"
+    seq_len: int = 64  # tokens per window
+    batch_size: int = 8
+    num_workers: int = 0
+    tokenizer: TokenizerSettings = field(default_factory=TokenizerSettings)
+    splits: list[float] = field(default_factory=lambda: [0.9, 0.05, 0.05])  # train/val/test fractions
+    tokenizer_json: str | None = None  # a checkpoint's tokenizer (eval.py passes it)
+    seed: int = 0  # training order = f(seed, epoch, rank)
+
+    def validate(self) -> None:
+        if self.dataset not in CORPORA:
+            raise ConfigError(f"data.dataset: unknown {self.dataset!r}; choose one of {', '.join(CORPORA)}")
+        check_min("seq_len", self.seq_len, 2)
+        check_min("batch_size", self.batch_size, 1)
+        check_min("num_workers", self.num_workers, 0)
+        check_splits(self.splits)
+
+
 class LMDataModule(SplitDataModule):
     """Tiny Shakespeare (or the staged WikiText-2 files) for next-token prediction."""
 
-    def __init__(
-        self,
-        dataset: str = "tinyshakespeare",
-        data_dir: str = "data",
-        seq_len: int = 64,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        tokenizer: dict | TokenizerSettings | None = None,
-        splits: tuple[float, float, float] = (0.9, 0.05, 0.05),
-        tokenizer_json: str | None = None,
-        seed: int = 0,
-    ) -> None:
-        super().__init__()
-        if dataset not in CORPORA:
-            raise ConfigError(f"data.dataset: unknown {dataset!r}; choose one of {', '.join(CORPORA)}")
-        check_int("seq_len", seq_len, 2)
-        check_int("batch_size", batch_size, 1)
-        check_int("num_workers", num_workers, 0)
-        splits = tuple(splits)
-        if (
-            len(splits) != 3
-            or not all(isinstance(s, int | float) and s > 0 for s in splits)
-            or abs(sum(splits) - 1.0) > 1e-6
-        ):
-            raise ConfigError(
-                f"data.splits: need three positive fractions (train, val, test) summing to 1, "
-                f"got {list(splits)}"
-            )
-        if tokenizer_json is not None and not isinstance(tokenizer_json, str):
-            raise ConfigError("data.tokenizer_json: must be a tokenizer.json string or null")
-        self.dataset, self.data_dir = dataset, Path(data_dir)
-        self.seq_len, self.batch_size, self.num_workers = seq_len, batch_size, num_workers
-        self.splits: tuple[float, float, float] = tuple(float(s) for s in splits)  # type: ignore[assignment]
-        self.settings = TokenizerSettings.parse(tokenizer)
-        self.tokenizer_json = tokenizer_json
-        self.seed = int(seed)
-        self._tokenizer: TextTokenizer | None = None
+    Config = LMDataConfig
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**values)
+        cfg = self.cfg
+        self.dataset, self.data_dir = cfg.dataset, Path(cfg.data_dir)
+        self.seq_len, self.batch_size = cfg.seq_len, cfg.batch_size
+        self.splits: tuple[float, float, float] = tuple(cfg.splits)  # type: ignore[assignment]
         self.ids: dict[str, Tensor] = {}  # split -> 1-D LongTensor, filled by setup()
         self._baseline: float | None = None
         self._ready = False
-
-    # ---- config round trip -------------------------------------------------------------------
-    def data_config(self) -> dict[str, Any]:
-        """Constructor kwargs (minus ``tokenizer_json``) so a checkpoint can rebuild this module."""
-        return {
-            "dataset": self.dataset,
-            "data_dir": str(self.data_dir),
-            "seq_len": self.seq_len,
-            "batch_size": self.batch_size,
-            "num_workers": self.num_workers,
-            "tokenizer": self.settings.as_dict(),
-            "splits": list(self.splits),
-            "seed": self.seed,
-        }
 
     @property
     def fingerprint(self) -> str:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from normlab.data.base import SplitDataModule, check_int
+from normlab.data.base import SplitDataModule, check_min, check_splits
 from normlab.data.lm import unigram_cross_entropy
 from normlab.data.sources import DATASETS, atomic_output, ensure_dataset
 from normlab.data.tokenizer import (
@@ -154,56 +155,56 @@ class MaskingCollator:
         }
 
 
+@dataclass(frozen=True)
+class MLMDataConfig:
+    """``data`` of ``configs/data/mlm_corpus.yaml`` (normlab.data.mlm.MLMDataModule)."""
+
+    corpora: list[str] = field(default_factory=lambda: ["multi30k", "tinyshakespeare", "wikitext2_valid"])
+    data_dir: str = "data"
+    seq_len: int = 128  # tokens per example, [CLS] and both [SEP] included
+    batch_size: int = 32
+    num_workers: int = 0
+    tokenizer: TokenizerSettings = field(default_factory=lambda: TokenizerSettings(vocab_size=4096))
+    splits: list[float] = field(default_factory=lambda: [0.9, 0.05, 0.05])
+    mask_prob: float = 0.15  # fraction of ordinary tokens selected in every example
+    mask_frac: float = 0.8  # of the selected: replaced by [MASK] ...
+    random_frac: float = 0.1  # ... by a random token; the rest are kept
+    eval_mask_seed: int = 0  # val/test masks are a fixed function of this and the example index
+    seed: int = 0
+    tokenizer_json: str | None = None
+
+    def validate(self) -> None:
+        unknown = [c for c in self.corpora if c not in CORPORA]
+        if not self.corpora or unknown:
+            raise ConfigError(
+                f"data.corpora: {unknown or self.corpora!r} is not a non-empty list of {', '.join(CORPORA)}"
+            )
+        check_min("seq_len", self.seq_len, 8)
+        check_min("batch_size", self.batch_size, 1)
+        check_min("num_workers", self.num_workers, 0)
+        if not 0.0 < self.mask_prob < 1.0:
+            raise ConfigError(f"data.mask_prob: must be in (0, 1), got {self.mask_prob}")
+        if self.mask_frac < 0 or self.random_frac < 0 or self.mask_frac + self.random_frac > 1.0:
+            raise ConfigError(
+                f"data.mask_frac + data.random_frac: need two fractions >= 0 summing to <= 1 "
+                f"(BERT: 0.8 + 0.1), got {self.mask_frac} + {self.random_frac}"
+            )
+        check_splits(self.splits)
+
+
 class MLMDataModule(SplitDataModule):
     """The English pretraining corpus as masked ``[CLS] a [SEP] b [SEP]`` examples."""
 
-    def __init__(
-        self,
-        corpora: list[str] | tuple[str, ...] = ("multi30k", "tinyshakespeare", "wikitext2_valid"),
-        data_dir: str = "data",
-        seq_len: int = 128,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        tokenizer: dict | TokenizerSettings | None = None,
-        splits: tuple[float, float, float] = (0.9, 0.05, 0.05),
-        mask_prob: float = 0.15,
-        mask_frac: float = 0.8,
-        random_frac: float = 0.1,
-        eval_mask_seed: int = 0,
-        seed: int = 0,
-        tokenizer_json: str | None = None,
-    ) -> None:
-        super().__init__()
-        corpora = list(corpora)
-        unknown = [c for c in corpora if c not in CORPORA]
-        if not corpora or unknown:
-            raise ConfigError(
-                f"data.corpora: {unknown or corpora!r} is not a non-empty list of {', '.join(CORPORA)}"
-            )
-        check_int("seq_len", seq_len, 8)
-        check_int("batch_size", batch_size, 1)
-        check_int("num_workers", num_workers, 0)
-        if not 0.0 < mask_prob < 1.0:
-            raise ConfigError(f"data.mask_prob: must be in (0, 1), got {mask_prob}")
-        if mask_frac < 0 or random_frac < 0 or mask_frac + random_frac > 1.0:
-            raise ConfigError(
-                f"data.mask_frac + data.random_frac: need two fractions >= 0 summing to <= 1 "
-                f"(BERT: 0.8 + 0.1), got {mask_frac} + {random_frac}"
-            )
-        splits = tuple(float(s) for s in splits)
-        if len(splits) != 3 or min(splits) <= 0 or abs(sum(splits) - 1.0) > 1e-6:
-            raise ConfigError(
-                f"data.splits: need three positive fractions (train, val, test) summing to 1, "
-                f"got {list(splits)}"
-            )
-        self.corpora, self.data_dir = corpora, Path(data_dir)
-        self.seq_len, self.batch_size, self.num_workers = seq_len, batch_size, num_workers
-        self.splits = splits
-        self.mask_prob, self.mask_frac, self.random_frac = mask_prob, mask_frac, random_frac
-        self.eval_mask_seed, self.seed = eval_mask_seed, seed
-        self.settings = TokenizerSettings.parse(tokenizer)
-        self.tokenizer_json = tokenizer_json
-        self._tokenizer: TextTokenizer | None = None
+    Config = MLMDataConfig
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**values)
+        cfg = self.cfg
+        self.corpora, self.data_dir = list(cfg.corpora), Path(cfg.data_dir)
+        self.seq_len, self.batch_size = cfg.seq_len, cfg.batch_size
+        self.splits = tuple(cfg.splits)
+        self.mask_prob, self.mask_frac, self.random_frac = cfg.mask_prob, cfg.mask_frac, cfg.random_frac
+        self.eval_mask_seed = cfg.eval_mask_seed
         self.ids: dict[str, Tensor] = {}  # split -> 1-D token stream
         self._baseline: float | None = None
 
@@ -245,22 +246,6 @@ class MLMDataModule(SplitDataModule):
         return train_or_load(
             self.settings, lambda: split_corpus(train_text), self.cache_dir, self.fingerprint
         )
-
-    def data_config(self) -> dict[str, Any]:
-        return {
-            "corpora": list(self.corpora),
-            "data_dir": str(self.data_dir),
-            "seq_len": self.seq_len,
-            "batch_size": self.batch_size,
-            "num_workers": self.num_workers,
-            "tokenizer": self.settings.as_dict(),
-            "splits": list(self.splits),
-            "mask_prob": self.mask_prob,
-            "mask_frac": self.mask_frac,
-            "random_frac": self.random_frac,
-            "eval_mask_seed": self.eval_mask_seed,
-            "seed": self.seed,
-        }
 
     # ---- encoded splits ------------------------------------------------------------------------
     def prepare_data(self) -> None:

@@ -20,7 +20,7 @@ pretrained on), else a BPE tokenizer trained on the train sentences and cached b
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from normlab.data.base import SplitDataModule, check_int
+from normlab.checkpoints import read_extras
+from normlab.data.base import SplitDataModule, check_min
 from normlab.data.sources import DATASETS, ensure_dataset
 from normlab.data.tokenizer import TextTokenizer, TokenizerSettings, train_or_load
 from normlab.errors import ConfigError
@@ -105,34 +106,42 @@ class PairDataset(Dataset):
         return self.examples[i]
 
 
+@dataclass(frozen=True)
+class PairsDataConfig:
+    """``data`` of ``configs/data/mrpc.yaml`` (normlab.data.pairs.PairsDataModule)."""
+
+    dataset: str = "mrpc"
+    data_dir: str = "data"
+    max_len: int = 128  # longer pairs are cut longest-first
+    batch_size: int = 32
+    num_workers: int = 0
+    tokenizer: TokenizerSettings = field(default_factory=lambda: TokenizerSettings(vocab_size=4096))
+    tokenizer_from: str | None = None  # use this checkpoint's tokenizer (null: train one on MRPC)
+    tokenizer_json: str | None = None
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.dataset not in PAIR_DATASETS:
+            raise ConfigError(
+                f"data.dataset: unknown {self.dataset!r}; choose one of {', '.join(PAIR_DATASETS)}"
+            )
+        check_min("max_len", self.max_len, 8)
+        check_min("batch_size", self.batch_size, 1)
+        check_min("num_workers", self.num_workers, 0)
+
+
 class PairsDataModule(SplitDataModule):
     """MRPC train / val / test as padded pair batches; labels 0/1 (1 = paraphrase)."""
 
+    Config = PairsDataConfig
     n_classes = 2
 
-    def __init__(
-        self,
-        dataset: str = "mrpc",
-        data_dir: str = "data",
-        max_len: int = 128,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        tokenizer: dict | TokenizerSettings | None = None,
-        tokenizer_from: str | None = None,
-        tokenizer_json: str | None = None,
-        seed: int = 0,
-    ) -> None:
-        super().__init__()
-        if dataset not in PAIR_DATASETS:
-            raise ConfigError(f"data.dataset: unknown {dataset!r}; choose one of {', '.join(PAIR_DATASETS)}")
-        check_int("max_len", max_len, 8)
-        check_int("batch_size", batch_size, 1)
-        check_int("num_workers", num_workers, 0)
-        self.dataset, self.data_dir = dataset, Path(data_dir)
-        self.max_len, self.batch_size, self.num_workers = max_len, batch_size, num_workers
-        self.settings = TokenizerSettings.parse(tokenizer)
-        self.tokenizer_from, self.tokenizer_json, self.seed = tokenizer_from, tokenizer_json, seed
-        self._tokenizer: TextTokenizer | None = None
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**values)
+        cfg = self.cfg
+        self.dataset, self.data_dir = cfg.dataset, Path(cfg.data_dir)
+        self.max_len, self.batch_size = cfg.max_len, cfg.batch_size
+        self.tokenizer_from = cfg.tokenizer_from
         self._pairs: dict[str, list[Pair]] = {}
         self._examples: dict[str, list[dict[str, Any]]] = {}
 
@@ -166,18 +175,6 @@ class PairsDataModule(SplitDataModule):
             self.settings, lambda: [s for p in train for s in (p.a, p.b)], cache, self.fingerprint
         )
 
-    def data_config(self) -> dict[str, Any]:
-        return {
-            "dataset": self.dataset,
-            "data_dir": str(self.data_dir),
-            "max_len": self.max_len,
-            "batch_size": self.batch_size,
-            "num_workers": self.num_workers,
-            "tokenizer": self.settings.as_dict(),
-            "tokenizer_from": self.tokenizer_from,
-            "seed": self.seed,
-        }
-
     # ---- examples and loaders ------------------------------------------------------------------
     def examples(self, split: str) -> list[dict[str, Any]]:
         if split not in self._examples:
@@ -204,15 +201,13 @@ class PairsDataModule(SplitDataModule):
 
 def checkpoint_tokenizer(path: str | Path) -> str:
     """The tokenizer json a normlab checkpoint embeds; one-line error if there is none."""
-    from normlab.distributed import read_checkpoint_extras
-
     path = Path(path)
     if not path.exists():
         raise ConfigError(
             f"data.tokenizer_from: {path} does not exist; pass a checkpoint written by "
             "experiment=mlm_pretrain (<run dir>/checkpoints/last.ckpt)"
         )
-    tokenizer = read_checkpoint_extras(path).get("tokenizer")
+    tokenizer = read_extras(path, "data.tokenizer_from").get("tokenizer")
     if not tokenizer:
         raise ConfigError(f"data.tokenizer_from: {path} holds no tokenizer; it is not a normlab checkpoint")
     return tokenizer

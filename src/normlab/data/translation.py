@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from normlab.data.base import SplitDataModule, check_int
+from normlab.data.base import SplitDataModule, check_min
 from normlab.data.sources import DATASETS, atomic_output, ensure_dataset
 from normlab.data.tokenizer import TextTokenizer, TokenizerSettings, train_or_load
 from normlab.errors import ConfigError
@@ -171,56 +172,60 @@ class TokenBatchSampler(Sampler[list[int]]):
         return self._n_batches
 
 
+@dataclass(frozen=True)
+class TranslationDataConfig:
+    """``data`` of ``configs/data/multi30k.yaml`` (normlab.data.translation.TranslationDataModule)."""
+
+    dataset: str = "multi30k"
+    data_dir: str = "data"
+    src_lang: str = "de"  # en | de | fr | cs
+    tgt_lang: str = "en"
+    test_set: str = "test_2016_flickr"  # test_2016_flickr | test_2017_flickr | _mscoco | test_2018_flickr
+    max_tokens: int = 4096  # training batch: sentences * longest (source or target) length <= this
+    eval_max_tokens: int | None = None  # val/test batches (null = max_tokens)
+    max_len: int = 128  # drop training pairs with more tokens than this on either side
+    num_workers: int = 0
+    seed: int = 0
+    tokenizer: TokenizerSettings = field(default_factory=lambda: TokenizerSettings(vocab_size=8000))
+    tokenizer_json: str | None = None
+
+    def validate(self) -> None:
+        if self.dataset != "multi30k":
+            raise ConfigError(f"data.dataset: unknown {self.dataset!r}; translation data knows only multi30k")
+        for key, lang in (("src_lang", self.src_lang), ("tgt_lang", self.tgt_lang)):
+            if lang not in LANGS:
+                raise ConfigError(f"data.{key}: {lang!r} is not one of {', '.join(LANGS)}")
+        if self.src_lang == self.tgt_lang:
+            raise ConfigError(f"data.tgt_lang: equals data.src_lang ({self.src_lang}); pick another language")
+        if self.test_set not in TEST_SETS:
+            raise ConfigError(f"data.test_set: {self.test_set!r} is not one of {', '.join(TEST_SETS)}")
+        missing = [lang for lang in (self.src_lang, self.tgt_lang) if lang not in TEST_SETS[self.test_set]]
+        if missing:
+            has = [t for t, langs in TEST_SETS.items() if self.src_lang in langs and self.tgt_lang in langs]
+            raise ConfigError(
+                f"data.test_set: {self.test_set} has no {missing[0]} side; for "
+                f"{self.src_lang}-{self.tgt_lang} use one of {', '.join(has)}"
+            )
+        check_min("max_tokens", self.max_tokens, 16)
+        check_min("max_len", self.max_len, 2)
+        check_min("num_workers", self.num_workers, 0)
+        check_min("seed", self.seed, 0)
+        if self.eval_max_tokens is not None and self.eval_max_tokens < 16:
+            raise ConfigError(f"data.eval_max_tokens: need null or an int >= 16, got {self.eval_max_tokens}")
+
+
 class TranslationDataModule(SplitDataModule):
     """Multi30k task 1: train / val / one test set, for a ``src_lang`` -> ``tgt_lang`` pair."""
 
-    def __init__(
-        self,
-        dataset: str = "multi30k",
-        data_dir: str = "data",
-        src_lang: str = "de",
-        tgt_lang: str = "en",
-        test_set: str = "test_2016_flickr",
-        max_tokens: int = 4096,
-        eval_max_tokens: int | None = None,
-        max_len: int = 128,
-        num_workers: int = 0,
-        seed: int = 0,
-        tokenizer: dict | TokenizerSettings | None = None,
-        tokenizer_json: str | None = None,
-    ) -> None:
-        super().__init__()
-        if dataset != "multi30k":
-            raise ConfigError(f"data.dataset: unknown {dataset!r}; translation data knows only multi30k")
-        for key, lang in (("src_lang", src_lang), ("tgt_lang", tgt_lang)):
-            if lang not in LANGS:
-                raise ConfigError(f"data.{key}: {lang!r} is not one of {', '.join(LANGS)}")
-        if src_lang == tgt_lang:
-            raise ConfigError(f"data.tgt_lang: equals data.src_lang ({src_lang}); pick another language")
-        if test_set not in TEST_SETS:
-            raise ConfigError(f"data.test_set: {test_set!r} is not one of {', '.join(TEST_SETS)}")
-        missing = [lang for lang in (src_lang, tgt_lang) if lang not in TEST_SETS[test_set]]
-        if missing:
-            has = [t for t, langs in TEST_SETS.items() if src_lang in langs and tgt_lang in langs]
-            raise ConfigError(
-                f"data.test_set: {test_set} has no {missing[0]} side; for {src_lang}-{tgt_lang} use one of "
-                f"{', '.join(has)}"
-            )
-        check_int("max_tokens", max_tokens, 16)
-        check_int("max_len", max_len, 2)
-        check_int("num_workers", num_workers, 0)
-        check_int("seed", seed, 0)
-        if eval_max_tokens is not None and (not isinstance(eval_max_tokens, int) or eval_max_tokens < 16):
-            raise ConfigError(f"data.eval_max_tokens: need null or an int >= 16, got {eval_max_tokens}")
-        if tokenizer_json is not None and not isinstance(tokenizer_json, str):
-            raise ConfigError("data.tokenizer_json: must be a tokenizer.json string or null")
-        self.dataset, self.data_dir = dataset, Path(data_dir)
-        self.src_lang, self.tgt_lang, self.test_set = src_lang, tgt_lang, test_set
-        self.max_tokens, self.eval_max_tokens = max_tokens, eval_max_tokens or max_tokens
-        self.max_len, self.num_workers, self.seed = max_len, num_workers, seed
-        self.settings = TokenizerSettings.parse(tokenizer)
-        self.tokenizer_json = tokenizer_json
-        self._tokenizer: TextTokenizer | None = None
+    Config = TranslationDataConfig
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**values)
+        cfg = self.cfg
+        self.dataset, self.data_dir = cfg.dataset, Path(cfg.data_dir)
+        self.src_lang, self.tgt_lang, self.test_set = cfg.src_lang, cfg.tgt_lang, cfg.test_set
+        self.max_tokens, self.eval_max_tokens = cfg.max_tokens, cfg.eval_max_tokens or cfg.max_tokens
+        self.max_len = cfg.max_len
         self.datasets: dict[str, ParallelText] = {}
 
     # ---- files and tokenizer -----------------------------------------------------------------

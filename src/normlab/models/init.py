@@ -5,7 +5,8 @@ rows of which weight play which :class:`Role` at which :class:`Site`); the strat
 :class:`InitSpec` per (site, role). Norm layers and strategy-owned parameters (gates, scales) reset
 themselves through ``reset_parameters``; strategies reset their buffers through ``reset_state``.
 Every parameter must be covered, or init fails loudly (the "some modules not reached by the init"
-bug class).
+bug class); a module whose parameters are covered only in part is an error too, because resetting it
+would overwrite the declared part (e.g. DeepNorm's beta gain).
 
 The full tensor of each weight is sampled on CPU from one generator and then copied in, also into
 a sharded (DTensor) parameter, so a sharded model gets exactly the weights of the unsharded one
@@ -79,19 +80,31 @@ def init_weights(model: nn.Module, seed: int | None = None, strategy: NormStrate
             _assign(param, full)
             covered.add(id(param))
     for module in model.modules():
-        own = list(module.parameters(recurse=False))
-        if own and not all(id(p) in covered for p in own):
-            reset = getattr(module, "reset_parameters", None)
-            if reset is None:
-                names = [n for n, p in module.named_parameters(recurse=False) if id(p) not in covered]
-                raise RuntimeError(f"{type(module).__name__} has parameters {names} that no init covers")
-            reset()
-            covered.update(id(p) for p in own)
+        _reset_undeclared(module, covered)
         if isinstance(module, NormStrategy) or hasattr(module, "reset_state"):
             module.reset_state()
     missing = [n for n, p in model.named_parameters() if id(p) not in covered]
     if missing:
         raise RuntimeError(f"parameters not initialised: {missing[:5]}")
+
+
+def _reset_undeclared(module: nn.Module, covered: set[int]) -> None:
+    """A module none of whose parameters has a declared role resets itself (norm layers, gates);
+    one with only some declared is an error, since resetting it would overwrite the declared part."""
+    own = list(module.named_parameters(recurse=False))
+    uncovered = [n for n, p in own if id(p) not in covered]
+    if not uncovered:
+        return
+    if len(uncovered) < len(own):
+        raise RuntimeError(
+            f"{type(module).__name__}: roles are declared for some of its parameters but not for "
+            f"{uncovered}; declare a role for every parameter of a module, or for none"
+        )
+    reset = getattr(module, "reset_parameters", None)
+    if reset is None:
+        raise RuntimeError(f"{type(module).__name__} has parameters {uncovered} that no init covers")
+    reset()
+    covered.update(id(p) for _, p in own)
 
 
 def materialize(model: nn.Module, device: str | torch.device, seed: int | None = None) -> nn.Module:

@@ -124,6 +124,8 @@ class _Core(nn.Module):
 class Decoder(_Core):
     """Decoder-only causal LM: ids [B, T] -> logits [B, T, V]."""
 
+    fsdp_entry_points = ("hidden", "logits")  # called by tasks/monitors besides forward
+
     def __init__(self, cfg: Any, strategy: NormStrategy, vocab_size: int) -> None:
         super().__init__(cfg, strategy)
         self.embed = TokenEmbedding(vocab_size, cfg.d_model)
@@ -163,6 +165,8 @@ class Encoder(_Core):
 
 class EncoderDecoder(_Core):
     """Sequence-to-sequence: encoder over the source, decoder with cross-attention over it."""
+
+    fsdp_entry_points = ("encode", "decode")  # beam search calls these on the root
 
     def __init__(self, cfg: Any, strategy: NormStrategy, vocab_size: int) -> None:
         super().__init__(cfg, strategy)

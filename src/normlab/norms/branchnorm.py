@@ -16,7 +16,7 @@ training iteration). Both are secondary sources, but they are two independent re
 At t = 0 every sublayer is ``LN(x)`` (a bounded first update, the effect DeepNorm aims at); for
 t >= T the block is Post-LN bit for bit.
 
-``standardize``: this project's first reconstruction from the name and the abstract (norms.md
+``standardize``: this project's first reconstruction from the name and the abstract (docs/norms.md
 Sec. 3, "Candidate A"), kept selectable::
 
     x_{l+1} = LN(x_l + y * (Var(y) + eps)^(-a_t / 2)),   y = G_l(x_l),   a_t = 1 - min(t / T, 1)

@@ -26,7 +26,7 @@ variance.
 Provenance: the residual rule and k = 2 are from the paper's abstract and third-party
 implementations [S]; the exact per-component init of the paper (with its dropout p and
 token-correlation r corrections) could not be read in this project, so the init above is the
-p = 0 variance-preserving reading, not a verified copy (norms.md Sec. 7 and 9).
+p = 0 variance-preserving reading, not a verified copy (docs/norms.md Sec. 7 and 9).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ constant, depth-independent weight on the skip path.
 
 Init: the standard Xavier-normal init, unchanged (weights equal Post-LN's under the same seed).
 
-Source status [S]: only the abstract and a third-party summary were reachable (norms.md Sec. 4);
+Source status [S]: only the abstract and a third-party summary were reachable (docs/norms.md Sec. 4);
 0.974 is unverified against the paper's text. ``model.norm_args.alpha`` overrides it
 (alpha = 1 is exactly Post-LN).
 """

@@ -9,7 +9,7 @@ arXiv 2502.02732, ICML 2025) places the norms the same way ("peripheral" to each
 registry entry covers both. The residual stream is never normalised inside the stack (as in
 Pre-LN), but every branch output is, so no single sublayer can blow up the stream at init or
 during training. Norm class: ``model.norm_layer`` (Peri-LN uses RMSNorm). Not included: Peri-LN's
-optional extra norm on the embedding output (unverified detail, norms.md Sec. 9). Init: the
+optional extra norm on the embedding output (unverified detail, docs/norms.md Sec. 9). Init: the
 standard Xavier-normal init.
 """
 

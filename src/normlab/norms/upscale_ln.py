@@ -9,7 +9,7 @@ Init: the standard Xavier-normal init for every weight (no beta), so an Upscale-
 exactly the weights of a Post-LN model built with the same seed.
 
 Source status [S]: only the abstract and a third-party summary of arXiv 2204.04477 were
-reachable (norms.md Sec. 4); the paper covers BERT (encoder-only), so the decoder and
+reachable (docs/norms.md Sec. 4); the paper covers BERT (encoder-only), so the decoder and
 encoder-decoder alphas here are DeepNorm's, by the paper's own "DeepNorm's alpha" description.
 When to use it: to isolate the effect of DeepNorm's alpha from its beta in an ablation.
 """

@@ -11,7 +11,8 @@ config, the data config and the tokenizer, so a checkpoint alone rebuilds the ru
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
@@ -19,12 +20,21 @@ from torch import nn
 
 from normlab.callbacks.run_record import RunRecord
 from normlab.callbacks.schedule import ScheduleCallback
-from normlab.config import OptimConfig, validate_model_config, validate_optim_config
+from normlab.checkpoints import CHECKPOINT_KEY, checkpoint_entry
+from normlab.config import (
+    ComputeConfig,
+    ModelConfig,
+    OptimConfig,
+    validate_compute_config,
+    validate_model_config,
+    validate_optim_config,
+)
+from normlab.distributed import parallelize
+from normlab.errors import ConfigError
 from normlab.models.init import materialize
 from normlab.norms.registry import get_strategy_class
 from normlab.progress import ProgressDriven, check_driven, scheduled_modules
-
-CHECKPOINT_KEY = "normlab"
+from normlab.typed_config import as_plain, to_dataclass
 
 
 def global_grad_norm(module: nn.Module) -> torch.Tensor | None:
@@ -56,16 +66,54 @@ def lr_factor(step: int, cfg: OptimConfig, total_steps: int) -> float:
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+@dataclass(frozen=True)
+class NoTaskArgs:
+    """Tasks without arguments of their own (``configs/task/<name>.yaml`` holds only ``_target_``)."""
+
+
 class TransformerTask(L.LightningModule):
-    """Base LightningModule. Subclasses implement ``build_network`` and the steps."""
+    """Base LightningModule. Subclasses set ``Config`` (their ``task.*`` arguments, a dataclass) and
+    ``arch`` (the model architecture they need) and implement ``build_network`` and the steps.
+
+    ``model`` / ``optim`` / ``compute`` are the validated dataclasses (``normlab.run`` passes them)
+    or plain mappings (a checkpoint's hyper-parameters), validated here. The hyper-parameters saved
+    in checkpoints are plain values; ``compute`` is a run-time choice and is not saved.
+    """
+
+    Config: ClassVar[type] = NoTaskArgs
+    arch: ClassVar[str] = ""
+    arch_hint: ClassVar[str] = ""
 
     def __init__(
-        self, model: dict, optim: dict, vocab_size: int, data: dict | None = None, seed: int = 0
+        self,
+        model: ModelConfig | dict,
+        optim: OptimConfig | dict,
+        vocab_size: int,
+        data: dict | None = None,
+        seed: int = 0,
+        compute: ComputeConfig | dict | None = None,
+        **task_args: Any,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.model_cfg = validate_model_config(model)
-        self.optim_cfg = validate_optim_config(optim)
+        self.model_cfg = model if isinstance(model, ModelConfig) else validate_model_config(model)
+        self.optim_cfg = optim if isinstance(optim, OptimConfig) else validate_optim_config(optim)
+        self.compute_cfg = compute if isinstance(compute, ComputeConfig) else validate_compute_config(compute)
+        self.task_cfg = to_dataclass(self.Config, task_args, "task")
+        if self.arch and self.model_cfg.arch != self.arch:
+            name = type(self).__name__
+            raise ConfigError(
+                f"model.arch: {name} needs arch={self.arch}, got {self.model_cfg.arch!r}; {self.arch_hint}"
+            )
+        self.save_hyperparameters(
+            {
+                "model": as_plain(self.model_cfg),
+                "optim": as_plain(self.optim_cfg),
+                "vocab_size": vocab_size,
+                "data": data,
+                "seed": seed,
+                **as_plain(self.task_cfg),
+            }
+        )
         self.net: nn.Module | None = None
         self.tokenizer_json: str | None = None  # set by the run; embedded in checkpoints
         self._scheduled: list[ProgressDriven] = []
@@ -79,12 +127,23 @@ class TransformerTask(L.LightningModule):
     def configure_model(self) -> None:
         if self.net is not None:
             return
-        from normlab import distributed
-
-        net = self.build_network()
-        net = distributed.parallelize(net, self)
-        self.net = materialize(net, distributed.materialize_device(self), seed=self.hparams.seed)
+        strategy = self._trainer_strategy()
+        net = parallelize(
+            self.build_network(),
+            activation_checkpointing=self.compute_cfg.activation_checkpointing,
+            strategy=strategy,
+        )
+        device = strategy.root_device if strategy is not None else self.device
+        self.net = materialize(net, device, seed=self.hparams.seed)
         self._scheduled = scheduled_modules(self.net)
+
+    def _trainer_strategy(self) -> Any:
+        """The strategy of the Trainer this task is attached to, or None outside a Trainer (the
+        device to allocate on: this rank's GPU before Lightning moves the module)."""
+        try:
+            return self.trainer.strategy
+        except RuntimeError:  # "not attached to a Trainer"
+            return None
 
     @property
     def has_schedule(self) -> bool:
@@ -144,12 +203,7 @@ class TransformerTask(L.LightningModule):
 
     # --- checkpoints ------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        cls = type(self)
-        checkpoint[CHECKPOINT_KEY] = {
-            "task": f"{cls.__module__}.{cls.__qualname__}",
-            "tokenizer": self.tokenizer_json,
-            "data": self.hparams.get("data"),
-        }
+        checkpoint[CHECKPOINT_KEY] = checkpoint_entry(self)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         extra = checkpoint.get(CHECKPOINT_KEY) or {}

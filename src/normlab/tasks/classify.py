@@ -15,6 +15,8 @@ constant predictor already gets 66.5% accuracy and 79.9% F1.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -59,36 +61,40 @@ class PairClassifier(nn.Module):
     def norm_strategy(self) -> nn.Module:
         return self.encoder.norm_strategy
 
+    @property
+    def residual_warmup(self) -> nn.Module | None:
+        return self.encoder.residual_warmup
+
     def forward(
         self, ids: Tensor, padding_mask: Tensor | None = None, segments: Tensor | None = None
     ) -> Tensor:
         return self.head(self.encoder(ids, padding_mask, segments)[:, 0])
 
 
-class PairClassificationTask(TransformerTask):
-    def __init__(
-        self,
-        model: dict,
-        optim: dict,
-        vocab_size: int,
-        data: dict | None = None,
-        seed: int = 0,
-        n_classes: int = 2,
-        classifier_dropout: float = 0.1,
-    ) -> None:
-        super().__init__(model, optim, vocab_size, data, seed)
-        if self.model_cfg.arch != "encoder":
-            raise ConfigError(
-                f"model.arch: the classify task needs arch=encoder, got {self.model_cfg.arch!r}; "
-                "use model=encoder (experiment=mrpc_finetune sets it)"
-            )
-        if n_classes != 2:
+@dataclass(frozen=True)
+class ClassifyConfig:
+    """``task`` of ``configs/task/classify.yaml``."""
+
+    n_classes: int = 2  # MRPC: 1 = paraphrase (the class F1 is computed for)
+    classifier_dropout: float = 0.1  # on the pooled [CLS] vector, before the output layer (BERT: 0.1)
+
+    def validate(self) -> None:
+        if self.n_classes != 2:
             raise ConfigError(
                 f"task.n_classes: only binary pair classification (MRPC) is implemented, got "
-                f"{n_classes}; set task.n_classes=2"
+                f"{self.n_classes}; set task.n_classes=2"
             )
-        if not 0.0 <= classifier_dropout < 1.0:
-            raise ConfigError(f"task.classifier_dropout: must be in [0, 1), got {classifier_dropout}")
+        if not 0.0 <= self.classifier_dropout < 1.0:
+            raise ConfigError(f"task.classifier_dropout: must be in [0, 1), got {self.classifier_dropout}")
+
+
+class PairClassificationTask(TransformerTask):
+    Config = ClassifyConfig
+    arch = "encoder"
+    arch_hint = "use model=encoder (experiment=mrpc_finetune sets it)"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_acc, self.test_acc = BinaryAccuracy(), BinaryAccuracy()
         self.val_f1, self.test_f1 = BinaryF1Score(), BinaryF1Score()
@@ -99,7 +105,7 @@ class PairClassificationTask(TransformerTask):
         cfg = self.model_cfg
         with torch.device("meta"):
             encoder = build_model(cfg, self.hparams.vocab_size, n_segments=N_SEGMENTS)
-            head = ClassifierHead(cfg.d_model, self.hparams.n_classes, self.hparams.classifier_dropout)
+            head = ClassifierHead(cfg.d_model, self.task_cfg.n_classes, self.task_cfg.classifier_dropout)
             return PairClassifier(encoder, head)
 
     def configure_model(self) -> None:

@@ -24,27 +24,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from normlab.checkpoints import CHECKPOINT_KEY, check_same_architecture, read_checkpoint_meta
 from normlab.errors import ConfigError
-from normlab.tasks.base import CHECKPOINT_KEY
+from normlab.typed_config import as_plain
 
 log = logging.getLogger("normlab")
 
 PREFIX = "net.encoder."
-# ModelConfig fields that decide the encoder's parameters or the function it computes.
-ARCH_KEYS = (
-    "arch",
-    "norm",
-    "norm_args",
-    "depth",
-    "d_model",
-    "n_heads",
-    "d_ffn",
-    "activation",
-    "norm_layer",
-    "pos_encoding",
-    "rope_base",
-    "bias",
-)
 
 
 def _digest(text: str) -> str:
@@ -64,8 +50,8 @@ def read_encoder_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[s
             f"model.init_from: {path} is a sharded checkpoint folder; consolidate it into one file "
             "first: python -m lightning.pytorch.utilities.consolidate_checkpoint <folder>"
         )
-    ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
-    extra = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
+    ckpt = read_checkpoint_meta(path, "model.init_from")
+    extra = ckpt.get(CHECKPOINT_KEY)
     if not extra or "state_dict" not in ckpt:
         raise ConfigError(
             f"model.init_from: {path} is not a normlab checkpoint (no '{CHECKPOINT_KEY}' entry)"
@@ -82,13 +68,8 @@ def read_encoder_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[s
 
 def check_compatible(model_cfg: Any, saved_model: dict[str, Any], path: str | Path) -> None:
     """The architecture keys of this run must equal those the checkpoint was trained with."""
-    current = dataclasses.asdict(model_cfg) if dataclasses.is_dataclass(model_cfg) else dict(model_cfg)
-    for key in ARCH_KEYS:
-        if key in saved_model and saved_model[key] != current.get(key):
-            raise ConfigError(
-                f"model.{key}: {current.get(key)!r} here but {saved_model[key]!r} in the pretraining "
-                f"checkpoint {path}; set model.{key}={saved_model[key]!r} to start from it"
-            )
+    current = as_plain(model_cfg) if dataclasses.is_dataclass(model_cfg) else dict(model_cfg)
+    check_same_architecture(current, saved_model, "model.init_from", f"the pretraining checkpoint {path}")
 
 
 def check_tokenizer(saved: str, current: str | None, path: str | Path) -> None:

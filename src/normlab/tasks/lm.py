@@ -15,7 +15,6 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
-from normlab.errors import ConfigError
 from normlab.models.init import build_model
 from normlab.tasks.base import TransformerTask
 
@@ -23,15 +22,11 @@ IGNORE_INDEX = -100
 
 
 class LanguageModelTask(TransformerTask):
-    def __init__(
-        self, model: dict, optim: dict, vocab_size: int, data: dict | None = None, seed: int = 0
-    ) -> None:
-        super().__init__(model, optim, vocab_size, data, seed)
-        if self.model_cfg.arch != "decoder":
-            raise ConfigError(
-                f"model.arch: the lm task needs arch=decoder, got {self.model_cfg.arch!r}; "
-                "use experiment=mt_multi30k or experiment=mlm_pretrain for the other architectures"
-            )
+    arch = "decoder"
+    arch_hint = "use experiment=mt_multi30k or experiment=mlm_pretrain for the other architectures"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_ppl = Perplexity(ignore_index=IGNORE_INDEX)
         self.test_ppl = Perplexity(ignore_index=IGNORE_INDEX)

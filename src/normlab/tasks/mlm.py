@@ -14,13 +14,13 @@ Loss: cross-entropy over the *selected* positions only (labels != -100; see
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from normlab.errors import ConfigError
 from normlab.models.init import build_model
 from normlab.norms.base import Role
 from normlab.tasks.base import TransformerTask
@@ -59,6 +59,10 @@ class MaskedLM(nn.Module):
     def norm_strategy(self) -> nn.Module:
         return self.encoder.norm_strategy
 
+    @property
+    def residual_warmup(self) -> nn.Module | None:
+        return self.encoder.residual_warmup
+
     def forward(
         self,
         ids: Tensor,
@@ -74,15 +78,11 @@ class MaskedLM(nn.Module):
 
 
 class MaskedLMTask(TransformerTask):
-    def __init__(
-        self, model: dict, optim: dict, vocab_size: int, data: dict | None = None, seed: int = 0
-    ) -> None:
-        super().__init__(model, optim, vocab_size, data, seed)
-        if self.model_cfg.arch != "encoder":
-            raise ConfigError(
-                f"model.arch: the mlm task needs arch=encoder, got {self.model_cfg.arch!r}; "
-                "use model=encoder (experiment=mlm_pretrain sets it)"
-            )
+    arch = "encoder"
+    arch_hint = "use model=encoder (experiment=mlm_pretrain sets it)"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_acc, self.test_acc = MeanMetric(), MeanMetric()
 

@@ -14,6 +14,7 @@ Decoding settings are task hyper-parameters, so ``eval.py ckpt_path=... task_ove
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,39 +33,39 @@ from normlab.tasks.base import TransformerTask
 IGNORE_INDEX = -100
 
 
-class TranslationTask(TransformerTask):
-    def __init__(
-        self,
-        model: dict,
-        optim: dict,
-        vocab_size: int,
-        data: dict | None = None,
-        seed: int = 0,
-        label_smoothing: float = 0.1,
-        val_bleu_size: int = 200,
-        beam_size: int = 5,
-        length_penalty: float = 1.0,
-        max_len_ratio: float = 1.5,
-        max_len_offset: int = 10,
-        hypotheses_dir: str | None = None,
-    ) -> None:
-        super().__init__(model, optim, vocab_size, data, seed)
-        if self.model_cfg.arch != "encoder_decoder":
-            raise ConfigError(
-                f"model.arch: the translate task needs arch=encoder_decoder, got {self.model_cfg.arch!r}; "
-                "use model=encoder_decoder (experiment=mt_multi30k sets it)"
-            )
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ConfigError(f"task.label_smoothing: must be in [0, 1), got {label_smoothing}")
-        if not isinstance(val_bleu_size, int) or val_bleu_size < 0:
-            raise ConfigError(f"task.val_bleu_size: must be an integer >= 0 (0 = off), got {val_bleu_size!r}")
-        if not isinstance(beam_size, int) or beam_size < 1:
-            raise ConfigError(f"task.beam_size: must be an integer >= 1 (1 = greedy), got {beam_size!r}")
-        if max_len_ratio <= 0 or max_len_offset < 0:
+@dataclass(frozen=True)
+class TranslateConfig:
+    """``task`` of ``configs/task/translate.yaml``."""
+
+    label_smoothing: float = 0.1  # eps of the label-smoothed cross-entropy (0 = plain NLL)
+    val_bleu_size: int = 200  # greedy BLEU on the first N validation sentences (0 = off)
+    beam_size: int = 5  # test-time beam (1 = greedy)
+    length_penalty: float = 1.0  # hypotheses ranked by sum(log p) / length ** length_penalty
+    max_len_ratio: float = 1.5  # output limit: max_len_ratio * source_length + max_len_offset
+    max_len_offset: int = 10
+    hypotheses_dir: str | None = None  # where hypotheses + scores go (null = <run dir>/hypotheses)
+
+    def validate(self) -> None:
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"task.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
+        if self.val_bleu_size < 0:
+            raise ConfigError(f"task.val_bleu_size: must be >= 0 (0 = off), got {self.val_bleu_size!r}")
+        if self.beam_size < 1:
+            raise ConfigError(f"task.beam_size: must be an integer >= 1 (1 = greedy), got {self.beam_size!r}")
+        if self.max_len_ratio <= 0 or self.max_len_offset < 0:
             raise ConfigError(
                 f"task.max_len_ratio / max_len_offset: need ratio > 0 and offset >= 0, "
-                f"got {max_len_ratio} / {max_len_offset}"
+                f"got {self.max_len_ratio} / {self.max_len_offset}"
             )
+
+
+class TranslationTask(TransformerTask):
+    Config = TranslateConfig
+    arch = "encoder_decoder"
+    arch_hint = "use model=encoder_decoder (experiment=mt_multi30k sets it)"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self._hyps: dict[int, str] = {}
         self._refs: dict[int, str] = {}
@@ -92,7 +93,7 @@ class TranslationTask(TransformerTask):
         logits = self.net(batch["src"], batch["src_mask"], batch["tgt_in"]).float().flatten(0, 1)
         labels = batch["labels"].flatten()
         smoothed = F.cross_entropy(
-            logits, labels, ignore_index=IGNORE_INDEX, label_smoothing=self.hparams.label_smoothing
+            logits, labels, ignore_index=IGNORE_INDEX, label_smoothing=self.task_cfg.label_smoothing
         )
         nll = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
         return smoothed, nll, int((labels != IGNORE_INDEX).sum())
@@ -107,7 +108,7 @@ class TranslationTask(TransformerTask):
     # --- decoding -----------------------------------------------------------------------------
     def translate(self, src: Tensor, src_mask: Tensor, beam_size: int | None = None) -> list[str]:
         """Detokenised translations of a padded source batch (beam 1 = greedy)."""
-        tok, hp = self.tokenizer, self.hparams
+        tok, hp = self.tokenizer, self.task_cfg
         beam = hp.beam_size if beam_size is None else beam_size
         common = {
             "bos_id": tok.bos_id,
@@ -136,7 +137,7 @@ class TranslationTask(TransformerTask):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         _, nll, n_tokens = self._losses(batch)
         self.val_loss.update(nll, weight=n_tokens)
-        self._collect(batch, batch["index"] < self.hparams.val_bleu_size, beam_size=1)
+        self._collect(batch, batch["index"] < self.task_cfg.val_bleu_size, beam_size=1)
 
     # Epoch-end values are identical on every rank (torchmetrics syncs MeanMetric.compute, hypotheses
     # are gathered before scoring), so sync_dist=True only averages equal numbers under DDP.
@@ -145,7 +146,7 @@ class TranslationTask(TransformerTask):
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
         self.log("val/ppl", torch.exp(loss), sync_dist=True)
         self.val_loss.reset()
-        if self.hparams.val_bleu_size and not self.trainer.sanity_checking:
+        if self.task_cfg.val_bleu_size and not self.trainer.sanity_checking:
             scores = self._corpus_scores("val", beam_size=1)
             if scores is not None:
                 self.log("val/bleu", scores["bleu"], prog_bar=True, sync_dist=True)
@@ -154,14 +155,14 @@ class TranslationTask(TransformerTask):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         _, nll, n_tokens = self._losses(batch)
         self.test_loss.update(nll, weight=n_tokens)
-        self._collect(batch, torch.ones_like(batch["index"], dtype=torch.bool), self.hparams.beam_size)
+        self._collect(batch, torch.ones_like(batch["index"], dtype=torch.bool), self.task_cfg.beam_size)
 
     def on_test_epoch_end(self) -> None:
         loss = self.test_loss.compute()
         self.log("test/loss", loss, sync_dist=True)
         self.log("test/ppl", torch.exp(loss), sync_dist=True)
         self.test_loss.reset()
-        scores = self._corpus_scores("test", beam_size=self.hparams.beam_size)
+        scores = self._corpus_scores("test", beam_size=self.task_cfg.beam_size)
         if scores is not None:
             self.log("test/bleu", scores["bleu"], sync_dist=True)
             self.log("test/chrf", scores["chrf"], sync_dist=True)
@@ -180,8 +181,8 @@ class TranslationTask(TransformerTask):
             "split": name,
             "pair": f"{src}-{tgt}",
             "beam_size": beam_size,
-            "length_penalty": self.hparams.length_penalty,
-            "max_len": f"{self.hparams.max_len_ratio} * src_len + {self.hparams.max_len_offset}",
+            "length_penalty": self.task_cfg.length_penalty,
+            "max_len": f"{self.task_cfg.max_len_ratio} * src_len + {self.task_cfg.max_len_offset}",
             "trained_steps": max(int(self.global_step), self._checkpoint_step),
         }
         self.last_scores[split] = {**scores.as_dict(), **settings}
@@ -190,7 +191,7 @@ class TranslationTask(TransformerTask):
         return self.last_scores[split]
 
     def _report(self, split: str, name: str, tgt: str, hyps: list[str], scores: Any, settings: dict) -> None:
-        folder = Path(self.hparams.hypotheses_dir or Path(self.trainer.default_root_dir) / "hypotheses")
+        folder = Path(self.task_cfg.hypotheses_dir or Path(self.trainer.default_root_dir) / "hypotheses")
         path = write_hypotheses(
             folder / f"{name}.{settings['pair']}.beam{settings['beam_size']}.{tgt}", hyps, scores, settings
         )

@@ -1,0 +1,129 @@
+"""The ``trainer`` config node, checked before anything starts: precision x hardware x strategy.
+
+Lightning accepts combinations it cannot run and fails later (or silently changes them: fp16 AMP
+on a CPU becomes bf16). :func:`validate_trainer_config` refuses them in one line at start, before
+any data is read. The FSDP2 strategy's arguments (``trainer.strategy.*`` of ``trainer=fsdp``) are a
+typed dataclass, :class:`FSDPArgs`, the one place their defaults live; ``FSDP2Strategy`` takes
+exactly these fields.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from normlab.errors import ConfigError
+from normlab.typed_config import plain, to_dataclass
+
+PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed")
+FSDP1_NAMES = ("fsdp", "fsdp_cpu_offload")
+DType = Literal["float32", "bfloat16", "float16"]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+FSDP2_TARGET = "normlab.distributed.FSDP2Strategy"
+
+
+@dataclass(frozen=True)
+class FSDPArgs:
+    """``trainer.strategy.*`` of ``trainer=fsdp`` (see normlab.distributed.FSDP2Strategy)."""
+
+    sharding: Literal["full", "hybrid"] = "full"  # full: across all ranks | hybrid: within a node
+    layers_per_unit: int = 1  # Transformer blocks per FSDP unit
+    reshard_after_forward: bool = True  # free gathered weights after forward (ZeRO-3)
+    param_dtype: DType | None = None  # FSDP2 mixed precision: compute dtype of gathered weights
+    reduce_dtype: DType | None = None  # dtype of the gradient reduction
+    save_distributed_checkpoint: bool = True  # sharded checkpoint directory (false: one full file)
+
+    def validate(self) -> None:
+        if self.layers_per_unit < 1:
+            raise ConfigError(
+                f"trainer.strategy.layers_per_unit: must be an integer >= 1 (blocks per FSDP unit), "
+                f"got {self.layers_per_unit!r}"
+            )
+
+
+def fsdp_args(values: Any) -> FSDPArgs:
+    return to_dataclass(FSDPArgs, values, "trainer.strategy")
+
+
+def validate_trainer_config(node: Any) -> Any:
+    """Refuse, in one line, combinations the hardware or strategy cannot run (not mid-run).
+
+    Checked: precision is one of ``PRECISIONS``; a GPU accelerator needs a visible GPU; ``16-mixed``
+    needs CUDA (on CPU Lightning would silently switch to bf16) and is refused by FSDP2; bf16 on a
+    GPU needs bf16 support; Lightning's FSDP1 (``strategy: fsdp``) is GPU-only; FSDP2's own mixed
+    precision excludes Lightning's; under torchrun ``num_nodes x devices`` must equal WORLD_SIZE.
+    Returns the node unchanged.
+    """
+    precision = node.get("precision", "32-true")
+    if precision not in PRECISIONS:
+        raise ConfigError(
+            f"trainer.precision: {precision!r} is not supported; choose one of "
+            f"{', '.join(PRECISIONS)} (16-mixed: CUDA only)"
+        )
+    device = device_type(node.get("accelerator", "auto"))
+    if precision == "16-mixed" and device != "cuda":
+        raise ConfigError(
+            f"trainer.precision: 16-mixed (fp16 AMP) needs a CUDA GPU, this run is on {device}; "
+            "use bf16-mixed or 32-true"
+        )
+    if precision.startswith("bf16") and device == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(
+            f"trainer.precision: {precision} needs a GPU with bfloat16 support; use 16-mixed or 32-true"
+        )
+    strategy = node.get("strategy", "auto")
+    target = strategy.get("_target_", "") if hasattr(strategy, "get") else ""
+    if isinstance(strategy, str) and strategy in FSDP1_NAMES and device != "cuda":
+        raise ConfigError(
+            f"trainer.strategy: Lightning's FSDP1 strategy {strategy!r} runs only on CUDA GPUs; "
+            "use trainer=fsdp (FSDP2, runs on CPU and GPU)"
+        )
+    if target == FSDP2_TARGET:
+        args = fsdp_args({k: v for k, v in dict(plain(strategy)).items() if k != "_target_"})
+        if precision == "16-mixed":
+            raise ConfigError(
+                "trainer.precision: 16-mixed is not supported under FSDP2; use bf16-mixed, "
+                "or trainer.strategy.param_dtype=float16 with precision=32-true"
+            )
+        if args.param_dtype is not None and precision != "32-true":
+            raise ConfigError(
+                f"trainer.strategy.param_dtype: FSDP2 mixed precision replaces trainer.precision="
+                f"{precision}; set trainer.precision=32-true or param_dtype=null"
+            )
+    elif target.endswith("ModelParallelStrategy"):
+        raise ConfigError("trainer.strategy: plain ModelParallelStrategy is not supported; use trainer=fsdp")
+    _check_world_size(node)
+    return node
+
+
+def device_type(accelerator: Any) -> str:
+    """The device type a Trainer with this ``accelerator`` will use: cuda, mps or cpu."""
+    name = str(accelerator)
+    if name in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"trainer.accelerator: {name!r} but no CUDA GPU is visible; use trainer=cpu "
+                "(or trainer.accelerator=cpu)"
+            )
+        return "cuda"
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    return name
+
+
+def _check_world_size(node: Any) -> None:
+    """Under an external launcher (torchrun sets WORLD_SIZE) Lightning needs nodes x devices = world."""
+    world = os.environ.get("WORLD_SIZE")
+    devices, nodes = node.get("devices", 1), node.get("num_nodes", 1)
+    if world is None or not isinstance(devices, int) or not isinstance(nodes, int):
+        return
+    if devices * nodes != int(world):
+        raise ConfigError(
+            f"trainer.devices x trainer.num_nodes = {devices} x {nodes} but the launcher started "
+            f"{world} processes; set trainer.num_nodes=<nodes> trainer.devices=<processes per node> "
+            "(scripts/torchrun.sh does this)"
+        )
