@@ -14,7 +14,7 @@ line naming the file and the type. Every failure to read (missing, empty, trunca
 directory that is not a sharded checkpoint, a shard missing) is one :class:`ConfigError` line.
 
 Formats: 1 = before the ``format`` field existed (BranchNorm had only the form now called
-``standardize``); 2 = now. :func:`migrate` turns a format-1 checkpoint into format 2 in memory.
+``standardize``, with a default T of 4000; activation checkpointing was a model key); 2 = now. :func:`migrate` turns a format-1 checkpoint into format 2 in memory.
 """
 
 from __future__ import annotations
@@ -140,8 +140,13 @@ def migrate(ckpt: dict[str, Any]) -> dict[str, Any]:
     model = (ckpt.get("hyper_parameters") or {}).get("model")
     if isinstance(model, dict):
         if model.get("norm") == "branchnorm":
-            # format 1 had one BranchNorm, the variance-exponent reading, now form=standardize
-            model["norm_args"] = {"form": "standardize", **(model.get("norm_args") or {})}
+            # format 1 had one BranchNorm, the variance-exponent reading (now form=standardize),
+            # and its default T was 4000
+            model["norm_args"] = {
+                "form": "standardize",
+                "max_norm_step": 4000,
+                **(model.get("norm_args") or {}),
+            }
         model.pop("activation_checkpointing", None)  # now compute.activation_checkpointing
     extras["format"] = FORMAT
     return ckpt

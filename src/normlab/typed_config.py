@@ -145,8 +145,12 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             except ConfigError as err:
                 errors.append(err)
         if len(errors) == 1:
-            suffix = " or null" if type(None) in options else ""
-            raise ConfigError(f"{errors[0]}{suffix}") from None
+            if type(None) not in options:
+                raise errors[0]
+            inner = next(o for o in options if o is not type(None))
+            if str(errors[0]).startswith(f"{key}: expected "):
+                raise ConfigError(f"{key}: expected {type_name(inner)} or null, got {value!r}") from None
+            raise ConfigError(f"{errors[0]} or null") from None
         raise ConfigError(f"{key}: expected {type_name(tp)}, got {value!r}")
     origin = get_origin(tp)
     if origin is Literal:

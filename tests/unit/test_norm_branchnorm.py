@@ -17,7 +17,6 @@ from normlab.errors import ConfigError
 from normlab.models.init import build_model, materialize
 from normlab.norms.base import Site
 from normlab.norms.branchnorm import (
-    BranchNormArgs,
     BranchRampResidual,
     BranchStandardizeResidual,
     branchnorm_exponent,
@@ -100,7 +99,12 @@ def test_standardize_exponent_schedule(decay: str, step: int, expected: float) -
 
 def test_defaults() -> None:
     args = get_strategy_class("branchnorm").Args()
-    assert (args.form, args.max_norm_step, args.decay) == ("ramp", BranchNormArgs().max_norm_step, "linear")
+    assert (args.form, args.max_norm_step, args.decay) == ("ramp", None, "linear")
+    # T defaults to 20 x the layers of the deepest stack
+    assert build_strategy(_cfg(depth=24)).max_norm_step == 480
+    assert build_strategy(_cfg(depth=1000)).max_norm_step == 20_000
+    assert build_strategy(_cfg(arch="encoder_decoder", depth=18, encoder_depth=12)).max_norm_step == 240
+    assert "(20 x layers, the default)" in build_strategy(_cfg(depth=24)).describe()["decoder"]["schedule"]
     strategy = build_strategy(_cfg(depth=1000, norm_args={"max_norm_step": 4000}))
     assert strategy.factor_name == "scale"
     assert strategy.factor_at(1000) == pytest.approx(0.25)
@@ -267,9 +271,12 @@ def test_describe_shows_form_schedule_and_current_value() -> None:
         (
             {"max_norm_stp": 10},
             r"model\.norm_args\.max_norm_stp: unknown key; valid keys are: "
-            r"form='ramp', max_norm_step=\d+, decay='linear', eps=1e-05",
+            r"form='ramp', max_norm_step=None, decay='linear', eps=1e-05",
         ),
-        ({"max_norm_step": "soon"}, r"model\.norm_args\.max_norm_step: expected int.*max_norm_step=\d+"),
+        (
+            {"max_norm_step": "soon"},
+            r"model\.norm_args\.max_norm_step: expected int or null, got 'soon'.*max_norm_step=None",
+        ),
         ({"max_norm_step": 0}, r"model\.norm_args\.max_norm_step: must be >= 1"),
         (
             {"decay": "exponential"},
@@ -294,5 +301,6 @@ def test_cli_override_without_plus_and_headline_command(capsys) -> None:
     out = capsys.readouterr().out
     assert "T=100" in out and "M=1000" in out and "form=ramp" in out
     described = describe(["model.norm=branchnorm", "model.depth=1000"])
-    assert described["args"]["max_norm_step"] == BranchNormArgs().max_norm_step
+    assert described["args"]["max_norm_step"] is None
+    assert described["decoder"]["exactly_postln_from_step"] == 20_000
     assert described["decoder"]["scale"] == 0.0

@@ -35,8 +35,12 @@ gradient accumulation is respected); the progress and the factor live in buffers
 them; :class:`normlab.callbacks.schedule.ScheduleCallback`, which every normlab task adds itself,
 sets them after each optimizer step.
 
-Default ``max_norm_step``: see the README's BranchNorm section for the measurement that chose it and
-what it means for the 1,000-layer headline run. Composes with the ProRes residual warm-up
+Default ``max_norm_step`` (``None``): T = 20 x the layers of the deepest stack (480 at 24 layers,
+20,000 at 1,000). Chosen from this project's measurement (benchmarks/results/stability_*.md): with no
+LR warm-up, ramps of 4-6 steps per layer stalled on the unigram plateau like Post-LN, 12.5 steps per
+layer trained at 24 and 48 layers, 20 trained with margin; a run that passes T keeps training as plain
+Post-LN. Not a number from the paper; the README's BranchNorm section has the table and what it means
+for the 600-step 1,000-layer headline run (it does not reach T). Composes with the ProRes residual warm-up
 (``model.residual_warmup``), whose alpha(l, t) multiplies the already ramped branch.
 """
 
@@ -55,18 +59,19 @@ from normlab.norms.registry import register
 from normlab.progress import ProgressDriven
 
 Form = Literal["ramp", "standardize"]
+STEPS_PER_LAYER = 20  # default T = 20 x the layers of the deepest stack (README: BranchNorm)
 Decay = Literal["linear", "cosine", "step"]
 
 
 @dataclass(frozen=True)
 class BranchNormArgs:
     form: Form = "ramp"  # ramp: LN(x + s_t f(x)) (ProRes' reading) | standardize: LN(x + f/(Var f)^(a_t/2))
-    max_norm_step: int = 4000  # T: optimizer steps until the block is exactly Post-LN
+    max_norm_step: int | None = None  # T: steps until the block is Post-LN (None: 20 x layers)
     decay: Decay = "linear"  # shape of s_t from 0 to 1 (standardize: a_t = 1 - s_t)
     eps: float = 1e-5  # standardize only: inside (Var(y) + eps)
 
     def validate(self) -> None:
-        if self.max_norm_step < 1:
+        if self.max_norm_step is not None and self.max_norm_step < 1:
             raise ConfigError(f"model.norm_args.max_norm_step: must be >= 1, got {self.max_norm_step}")
         if not (self.eps > 0 and math.isfinite(self.eps)):
             raise ConfigError(f"model.norm_args.eps: must be > 0, got {self.eps}")
@@ -151,12 +156,19 @@ class BranchNorm(NormStrategy, ProgressDriven):
             return BranchRampResidual(self.make_norm(self.d_model), self)
         return BranchStandardizeResidual(self.make_norm(self.d_model), self, self.args.eps)
 
+    @property
+    def max_norm_step(self) -> int:
+        """T: ``max_norm_step`` if given, else ``STEPS_PER_LAYER`` x the layers of the deepest stack."""
+        if self.args.max_norm_step is not None:
+            return self.args.max_norm_step
+        return STEPS_PER_LAYER * max(self.arch.encoder_depth, self.arch.decoder_depth)
+
     def factor_at(self, step: int) -> float:
         """s_t (ramp) or a_t (standardize) at ``step``."""
         args = self.args
         if args.form == "ramp":
-            return branchnorm_ramp(step, args.max_norm_step, args.decay)
-        return branchnorm_exponent(step, args.max_norm_step, args.decay)
+            return branchnorm_ramp(step, self.max_norm_step, args.decay)
+        return branchnorm_exponent(step, self.max_norm_step, args.decay)
 
     @property
     def factor_name(self) -> str:
@@ -183,8 +195,9 @@ class BranchNorm(NormStrategy, ProgressDriven):
         return {
             "form": args.form,
             "formula": formula,
-            "schedule": f"{shape}, s_t {args.decay} from 0 to 1 over T={args.max_norm_step} steps",
+            "schedule": f"{shape}, s_t {args.decay} from 0 to 1 over T={self.max_norm_step} steps"
+            + ("" if args.max_norm_step is not None else f" ({STEPS_PER_LAYER} x layers, the default)"),
             "step": step,
             self.factor_name: self.factor_at(step),
-            "exactly_postln_from_step": args.max_norm_step,
+            "exactly_postln_from_step": self.max_norm_step,
         }
