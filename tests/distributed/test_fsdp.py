@@ -6,7 +6,9 @@ at steps 3 and 6. A second 2-node launch resumes from step 3 with *hybrid* shard
 across the 2 nodes, shard within each) and 2 blocks per FSDP unit, so the resume also proves that DCP
 re-shards on load. A
 single-process run with the same global batch (8 = 2 ranks x 4) and seed is the reference. All runs
-record per-step global losses (tests/distributed/recorder.py).
+record per-step global losses (tests/distributed/recorder.py). The model is DeepNorm with a ProRes
+linear residual warm-up still under way at the resume, so the warm-up's buffers are checked under
+sharding and resume too.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ COMMON = [
     "optim.warmup_steps=2",
     "model.depth=3",
     "model.norm=deepnorm",
+    # ProRes linear, T = 1: layer l warms up over l steps, so the step-3 resume lands mid-warm-up
+    "++model.residual_warmup.schedule=linear",
+    "++model.residual_warmup.T=1",
 ]
 CKPT = [
     "callbacks.model_checkpoint.monitor=null",
