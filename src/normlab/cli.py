@@ -24,6 +24,7 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from normlab.config import MOVED_KEYS, ModelConfig
 from normlab.errors import ConfigError, TrainingDiverged
@@ -77,8 +78,10 @@ def check_group_options(overrides: list[str], config_dir: Path) -> None:
     for arg in overrides:
         key, _, value = arg.lstrip("+~").partition("=")
         group = config_dir / key.replace(".", "/")
-        if not group.is_dir() or value in ("null", "") or "," in value:
+        if not group.is_dir() or "," in value or arg.startswith("~"):
             continue
+        if value in ("null", ""):
+            _fail(f"{key}={value}: a config group cannot be set to null; remove it with ~{key}")
         if not (group / f"{value}.yaml").is_file():
             options = sorted(p.stem for p in group.glob("*.yaml"))
             _fail(f"{key}: no option {value!r}; available: {', '.join(options)}")
@@ -144,6 +147,10 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except TrainingDiverged as err:
             sys.stderr.write(f"normlab: error: {err}\n")
             sys.exit(EXIT_DIVERGED)
+        except MisconfigurationException as err:  # Lightning refusing a combination of settings
+            _remove_if_empty_run(_output_dir())
+            sys.stderr.write(f"normlab: error: lightning: {' '.join(str(err).split())}\n")
+            sys.exit(EXIT_CONFIG)
 
     return wrapper
 

@@ -46,7 +46,6 @@ CKPT = [
     "callbacks.model_checkpoint.save_last=false",
     "callbacks.model_checkpoint.filename='step{step}'",
     "~callbacks.rich_progress_bar",
-    "~callbacks.lr_monitor",
 ]
 
 MONITOR = {"_target_": "normlab.callbacks.stability.StabilityMonitor", "every_n_steps": 2}

@@ -36,6 +36,9 @@ def test_train_then_eval_from_checkpoint_alone(make_cfg, tmp_path: Path) -> None
     ckpt_dir = tmp_path / "train" / "checkpoints"
     assert (ckpt_dir / "last.ckpt").exists()
     assert list((tmp_path / "train" / "tensorboard").rglob("events.out.tfevents*"))
+    record = json.loads((tmp_path / "train" / "metrics.json").read_text())  # fit and test in one record
+    assert record["status"] == "finished" and record["steps"] == 150 and len(record["val_history"]) == 3
+    assert record["test"]["test/loss"] == pytest.approx(metrics["test/loss"])
 
     best = objects["trainer"].checkpoint_callback.best_model_path
     eval_cfg = make_cfg(

@@ -72,7 +72,6 @@ def _with_checkpoints(out_dir: Path) -> list[str]:
     return [
         "callbacks=default",
         "~callbacks.rich_progress_bar",
-        "~callbacks.lr_monitor",
         f"callbacks.model_checkpoint.dirpath={out_dir / 'checkpoints'}",
     ]
 

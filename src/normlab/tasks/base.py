@@ -118,6 +118,7 @@ class TransformerTask(L.LightningModule):
         self.tokenizer_json: str | None = None  # set by the run; embedded in checkpoints
         self._scheduled: list[ProgressDriven] = []
         self._grad_norm_cache: tuple[int, torch.Tensor | None] | None = None
+        self._own_callbacks: list[L.Callback] = []
 
     # --- model ------------------------------------------------------------------------------
     def build_network(self) -> nn.Module:
@@ -154,8 +155,11 @@ class TransformerTask(L.LightningModule):
 
     def configure_callbacks(self) -> list[L.Callback]:
         """What any Trainer fitting this task gets: the run record (metrics.json, train_curve.csv,
-        spike scores) and, when the model has a schedule, the schedule driver."""
-        return [RunRecord(), *([ScheduleCallback()] if self.has_schedule else [])]
+        spike scores) and, when the model has a schedule, the schedule driver. The same instances
+        every time Lightning asks (fit, then test), so the record keeps what the fit recorded."""
+        if not self._own_callbacks:
+            self._own_callbacks = [RunRecord(), *([ScheduleCallback()] if self.has_schedule else [])]
+        return list(self._own_callbacks)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         check_driven(self._scheduled, self.trainer.global_step)
@@ -200,6 +204,8 @@ class TransformerTask(L.LightningModule):
         self._grad_norm_cache = None  # the next step's gradients are new ones
         if norm is not None:
             self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+        # the learning rate of this step (a Python float: no device sync), with or without a logger
+        self.log("train/lr", float(optimizer.param_groups[0]["lr"]), on_step=True, on_epoch=False)
 
     # --- checkpoints ------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
