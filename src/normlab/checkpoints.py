@@ -14,7 +14,8 @@ line naming the file and the type. Every failure to read (missing, empty, trunca
 directory that is not a sharded checkpoint, a shard missing) is one :class:`ConfigError` line.
 
 Formats: 1 = before the ``format`` field existed (BranchNorm had only the form now called
-``standardize``, with a default T of 4000; activation checkpointing was a model key); 2 = now. :func:`migrate` turns a format-1 checkpoint into format 2 in memory.
+``standardize``, with a default T of 4000; activation checkpointing was a model key); 2 = now.
+:func:`migrate` turns a format-1 checkpoint into format 2 in memory.
 """
 
 from __future__ import annotations
