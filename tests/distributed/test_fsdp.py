@@ -188,7 +188,15 @@ def test_stability_monitor_reduces_sharded_gradients_to_the_full_block_norms(run
     """Per-block gradient norms from FSDP shards (one all-reduce) equal the single-process ones."""
     ref = [json.loads(x) for x in (runs["base"] / "ref_run" / "stability.jsonl").read_text().splitlines()]
     two = [json.loads(x) for x in (runs["run_dir"] / "stability.jsonl").read_text().splitlines()]
+    ref_updates = [r for r in ref if "update" in r]
+    two_updates = [r for r in two if "update" in r]
+    ref, two = [r for r in ref if "decoder" in r], [r for r in two if "decoder" in r]
     assert [r["step"] for r in two] == [r["step"] for r in ref] == [1, 3, 5]
+    # the model update on the same (broadcast) probe batch: the same numbers as one process
+    assert [r["step"] for r in two_updates] == [r["step"] for r in ref_updates] == [0, 1, 2, 3, 4, 5]
+    for a, b in zip(two_updates, ref_updates, strict=True):
+        for key in ("hidden_rms", "logits_rms"):
+            assert a["update"][key] == pytest.approx(b["update"][key], rel=1e-3, abs=1e-6), (a, b)
     for a, b in zip(two, ref, strict=True):
         assert a["decoder"]["grad_norm"] == pytest.approx(b["decoder"]["grad_norm"], rel=2e-3)
         # mean over ranks of per-rank RMS vs RMS over the whole batch: close, not identical

@@ -67,7 +67,8 @@ def test_yaml_repeats_the_code_defaults(path: str, node: str | None, schema: typ
 def test_stability_monitor_yaml_matches_its_signature() -> None:
     yaml = _yaml("callbacks/stability_monitor.yaml", "stability_monitor")
     params = inspect.signature(StabilityMonitor.__init__).parameters
-    defaults = {n: p.default for n, p in params.items() if n != "self"}
+    defaults = {n: list(p.default) if isinstance(p.default, tuple) else p.default for n, p in params.items()}
+    defaults.pop("self")
     assert set(yaml) == set(defaults)
     assert all(yaml[k] == defaults[k] for k in yaml), (yaml, defaults)
 

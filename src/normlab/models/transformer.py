@@ -124,7 +124,7 @@ class _Core(nn.Module):
 class Decoder(_Core):
     """Decoder-only causal LM: ids [B, T] -> logits [B, T, V]."""
 
-    fsdp_entry_points = ("hidden", "logits")  # called by tasks/monitors besides forward
+    fsdp_entry_points = ("hidden", "logits", "probe")  # called by tasks/monitors besides forward
 
     def __init__(self, cfg: Any, strategy: NormStrategy, vocab_size: int) -> None:
         super().__init__(cfg, strategy)
@@ -141,6 +141,11 @@ class Decoder(_Core):
 
     def forward(self, ids: Tensor, cache: Cache | None = None, start: int = 0) -> Tensor:
         return self.logits(self.hidden(ids, cache, start))
+
+    def probe(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        """(final hidden state, logits): what the stability monitor compares across steps."""
+        h = self.hidden(ids)
+        return h, self.logits(h)
 
 
 class Encoder(_Core):
@@ -166,7 +171,7 @@ class Encoder(_Core):
 class EncoderDecoder(_Core):
     """Sequence-to-sequence: encoder over the source, decoder with cross-attention over it."""
 
-    fsdp_entry_points = ("encode", "decode")  # beam search calls these on the root
+    fsdp_entry_points = ("encode", "decode", "probe")  # beam search / monitors call these on the root
 
     def __init__(self, cfg: Any, strategy: NormStrategy, vocab_size: int) -> None:
         super().__init__(cfg, strategy)
@@ -185,11 +190,23 @@ class EncoderDecoder(_Core):
         self, tgt: Tensor, memory: Tensor, src_mask: Tensor, cache: Cache | None = None, start: int = 0
     ) -> Tensor:
         """Logits [B, T, V] for target prefix ``tgt``; with ``cache`` only new tokens are fed."""
+        return self._project(self._decode_hidden(tgt, memory, src_mask, cache, start))
+
+    def _decode_hidden(
+        self, tgt: Tensor, memory: Tensor, src_mask: Tensor, cache: Cache | None = None, start: int = 0
+    ) -> Tensor:
         x, rope = self._embed(self.tgt_embed, tgt, start)
-        h = self.decoder(
+        return self.decoder(
             x, cache=cache, causal=True, rope=rope, memory=memory, memory_mask=src_mask[:, None, None, :]
         )
+
+    def _project(self, h: Tensor) -> Tensor:
         return F.linear(h, self.tgt_embed.weight) if self.head is None else self.head(h)
+
+    def probe(self, src: Tensor, src_mask: Tensor, tgt: Tensor) -> tuple[Tensor, Tensor]:
+        """(final decoder hidden state, logits) for teacher-forced ``tgt``."""
+        h = self._decode_hidden(tgt, self.encode(src, src_mask), src_mask)
+        return h, self._project(h)
 
     def forward(self, src: Tensor, src_mask: Tensor, tgt: Tensor) -> Tensor:
         return self.decode(tgt, self.encode(src, src_mask), src_mask)

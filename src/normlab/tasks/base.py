@@ -164,6 +164,11 @@ class TransformerTask(L.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         check_driven(self._scheduled, self.trainer.global_step)
 
+    def probe_outputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(final hidden state, logits) of the network on ``batch``: what the stability monitor
+        compares across training steps (DeepNet's model update ||F(x, theta_t) - F(x, theta_0)||)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define probe_outputs")
+
     @property
     def norm_strategy(self):
         return self.net.norm_strategy if self.net is not None else None

@@ -53,6 +53,8 @@ class ClassifierHead(nn.Module):
 class PairClassifier(nn.Module):
     """Encoder + classifier head: (ids, padding mask, segments) -> logits [B, n_classes]."""
 
+    fsdp_entry_points = ("probe",)
+
     def __init__(self, encoder: nn.Module, head: ClassifierHead) -> None:
         super().__init__()
         self.encoder, self.head = encoder, head
@@ -69,6 +71,13 @@ class PairClassifier(nn.Module):
         self, ids: Tensor, padding_mask: Tensor | None = None, segments: Tensor | None = None
     ) -> Tensor:
         return self.head(self.encoder(ids, padding_mask, segments)[:, 0])
+
+    def probe(
+        self, ids: Tensor, padding_mask: Tensor | None = None, segments: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """(final hidden state, class logits)."""
+        h = self.encoder(ids, padding_mask, segments)
+        return h, self.head(h[:, 0])
 
 
 @dataclass(frozen=True)
@@ -123,6 +132,9 @@ class PairClassificationTask(TransformerTask):
 
     def _logits(self, batch: dict[str, Tensor]) -> Tensor:
         return self.net(batch["input_ids"], batch.get("padding_mask"), batch.get("segments")).float()
+
+    def probe_outputs(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        return self.net.probe(batch["input_ids"], batch.get("padding_mask"), batch.get("segments"))
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         logits = self._logits(batch)

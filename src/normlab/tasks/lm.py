@@ -43,6 +43,9 @@ class LanguageModelTask(TransformerTask):
         loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
         return loss, logits, int((labels != IGNORE_INDEX).sum())
 
+    def probe_outputs(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        return self.net.probe(batch["input_ids"])
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss, _, n_tokens = self._loss(batch)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)

@@ -51,6 +51,8 @@ class MaskedLMHead(nn.Module):
 class MaskedLM(nn.Module):
     """Encoder + MLM head. ``encoder`` is exactly what the pair classifier loads."""
 
+    fsdp_entry_points = ("probe",)
+
     def __init__(self, encoder: nn.Module, head: MaskedLMHead) -> None:
         super().__init__()
         self.encoder, self.head = encoder, head
@@ -75,6 +77,11 @@ class MaskedLM(nn.Module):
         if labels is not None:
             h = h[labels != IGNORE_INDEX]
         return self.head(h, self.encoder.embed.weight)
+
+    def probe(self, ids: Tensor, segments: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(final hidden state, MLM logits at every position)."""
+        h = self.encoder(ids, None, segments)
+        return h, self.head(h, self.encoder.embed.weight)
 
 
 class MaskedLMTask(TransformerTask):
@@ -111,6 +118,9 @@ class MaskedLMTask(TransformerTask):
         loss = F.cross_entropy(logits, target)
         acc = (logits.argmax(-1) == target).float().mean()
         return loss, acc, int(target.numel())
+
+    def probe_outputs(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        return self.net.probe(batch["input_ids"], batch.get("segments"))
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss, acc, n = self._loss(batch)

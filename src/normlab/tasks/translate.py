@@ -98,6 +98,9 @@ class TranslationTask(TransformerTask):
         nll = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
         return smoothed, nll, int((labels != IGNORE_INDEX).sum())
 
+    def probe_outputs(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        return self.net.probe(batch["src"], batch["src_mask"], batch["tgt_in"])
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         loss, nll, n_tokens = self._losses(batch)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
