@@ -24,6 +24,7 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from normlab.config import MOVED_KEYS, ModelConfig
@@ -132,14 +133,27 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     ConfigError (bad input) exits with code 2 and removes the run folder when it holds nothing
     but Hydra's files; TrainingDiverged (nan/inf gradients) exits with code 3 and keeps the folder
-    (its checkpoints and run record). Hydra reports ordinary exceptions with a traceback;
-    SystemExit passes through it untouched.
+    (its checkpoints and run record). Inside a sweep (``-m``) a job that fails this way prints its
+    one line and returns, so the other jobs still run and the report shows it. Hydra reports
+    ordinary exceptions with a traceback; SystemExit passes through it untouched.
     """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except (ConfigError, TrainingDiverged, MisconfigurationException) as err:
+            if not _in_multirun():
+                raise
+            # one job of a sweep: say it in one line and let the sweep go on; the job's run record
+            # (status diverged / failed) is what the report shows
+            sys.stderr.write(f"normlab: error: job {_output_dir()}: {' '.join(str(err).split())}\n")
+            return None
+
+    @functools.wraps(fn)
+    def single(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return wrapper(*args, **kwargs)
         except ConfigError as err:
             _remove_if_empty_run(_output_dir())
             sys.stderr.write(f"normlab: error: {err}\n")
@@ -152,7 +166,14 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.stderr.write(f"normlab: error: lightning: {' '.join(str(err).split())}\n")
             sys.exit(EXIT_CONFIG)
 
-    return wrapper
+    return single
+
+
+def _in_multirun() -> bool:
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:  # not inside a Hydra job
+        return False
 
 
 def _output_dir() -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -53,6 +54,37 @@ def _start_time() -> str:
     return time.strftime("%Y-%m-%d_%H-%M-%S")
 
 
+SWEEP_SYNTAX = ("range(", "choice(", "interval(", "glob(")
+
+
+def swept_keys(sweep_dir: Any) -> set[str] | None:
+    """The keys a multirun varies (its sweeper params and the command-line overrides with sweep
+    syntax), read from the ``multirun.yaml`` Hydra writes before the first job; None if absent."""
+    path = Path(str(sweep_dir)) / "multirun.yaml"
+    if not path.is_file():
+        return None
+    hydra = OmegaConf.load(path).get("hydra", {})
+    keys = set((hydra.get("sweeper", {}) or {}).get("params", {}) or {})
+    for override in (hydra.get("overrides", {}) or {}).get("task", []) or []:
+        key, _, value = str(override).partition("=")
+        if "," in value or value.startswith(SWEEP_SYNTAX):
+            keys.add(key.lstrip("+~"))
+    return keys
+
+
+def job_dir_name(override_dirname: Any, job_num: Any, sweep_dir: Any = None) -> str:
+    """A sweep job's folder, named after what the sweep varies: ``model.depth=6,model.norm=postln``
+    -> ``depth=6,norm=postln`` (only swept keys, ``model.`` dropped, ``/`` replaced); the job number
+    when nothing is left."""
+    swept = swept_keys(sweep_dir) if sweep_dir is not None else None
+    items = [i for i in str(override_dirname or "").split(",") if i]
+    if swept is not None:
+        items = [i for i in items if i.split("=", 1)[0] in swept]
+    if not items:
+        return str(job_num)
+    return ",".join(i.removeprefix("model.") for i in items).replace("/", "_")
+
+
 def register_resolvers() -> None:
     """``${normlab.run_id:...}``, ``${normlab.rank_zero:value}`` (null on other ranks) and
     ``${normlab.rank_zero_log:path}`` (``os.devnull`` on other ranks) for configs/hydra/default.yaml."""
@@ -63,3 +95,4 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver(
         "normlab.rank_zero_log", lambda path: path if launch_rank() == 0 else os.devnull, replace=True
     )
+    OmegaConf.register_new_resolver("normlab.job_dir", job_dir_name, replace=True)

@@ -4,17 +4,22 @@ TensorBoard text) and the resolved config plus those constants as TensorBoard hy
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from normlab.description import format_description
 
+log = logging.getLogger("normlab")
+
 
 @rank_zero_only
 def rank_zero_print(text: str) -> None:
-    print(text, flush=True)
+    """To the console and, under Hydra, the job log (``<run dir>/train.log``)."""
+    log.info(text)
 
 
 def flatten(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
@@ -33,7 +38,11 @@ def log_description(loggers: list[Any], description: dict[str, Any], cfg: DictCo
     params = flatten("norm", description, {})
     params.update(flatten("", OmegaConf.to_container(cfg, resolve=False), {}))
     for logger in loggers:
-        logger.log_hyperparams(params)
+        if isinstance(logger, TensorBoardLogger):
+            # with a metric, TensorBoard's HParams tab lists the run (the run record logs hp/val_loss)
+            logger.log_hyperparams(params, metrics={"hp/val_loss": float("nan")})
+        else:
+            logger.log_hyperparams(params)
         experiment = getattr(logger, "experiment", None)
         if hasattr(experiment, "add_text"):
             experiment.add_text("norm_strategy", "```\n" + format_description(description) + "\n```")

@@ -52,8 +52,8 @@ def _scalar_dict(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
 
 
 class RunRecord(L.Callback):
-    def __init__(self, flush_every: int = 100) -> None:
-        self.flush_every = flush_every
+    def __init__(self, flush_every: int = 50) -> None:
+        self.flush_every = flush_every  # also the interval of the progress line in the log
         self.steps: list[int] = []
         self.losses: list[float] = []
         self.grad_norms: list[float] = []
@@ -92,8 +92,24 @@ class RunRecord(L.Callback):
         self._last_step = step
         self._pending.append((step, loss.detach(), self._grad_norm, time.perf_counter() - self._t0))
         self._grad_norm = None
-        if len(self._pending) >= self.flush_every:
+        if len(self._pending) >= self.flush_every or step % self.flush_every == 0:
             self._flush()
+            if step % self.flush_every == 0 and trainer.is_global_zero:
+                self._progress(trainer)
+
+    def _progress(self, trainer: L.Trainer) -> None:
+        """One line per ``flush_every`` steps in the console and train.log."""
+        window = self.seconds[-self.flush_every :]
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else math.nan
+        log.info(
+            "step %d/%d  loss %.4f  grad norm %.3g  lr %.3g  %.3f s/step",
+            self.steps[-1],
+            trainer.max_steps,
+            self.losses[-1],
+            self.grad_norms[-1],
+            lr,
+            statistics.median(window) if window else math.nan,
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """The curves so far, so a resumed run continues them (plain lists: checkpoint data)."""
@@ -126,6 +142,9 @@ class RunRecord(L.Callback):
         values = _scalar_dict(trainer.callback_metrics, "val/")
         if values:
             self.val_history.append({"step": trainer.global_step, **values})
+            if "val/loss" in values:  # the metric of TensorBoard's HParams tab (normlab.run_log)
+                for logger in trainer.loggers:
+                    logger.log_metrics({"hp/val_loss": values["val/loss"]}, step=trainer.global_step)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.test = _scalar_dict(trainer.callback_metrics, "test/")
