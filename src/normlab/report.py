@@ -75,7 +75,7 @@ def results_table(runs: list[Run]) -> list[str]:
         memory = run.metrics.get("memory") or {}
         peak = memory.get("cuda_peak_allocated_mb", memory.get("host_peak_rss_mb"))
         error = run.metrics.get("error")
-        status = run.status + (f": {error[:60]}" if error and run.status != "finished" else "")
+        status = run.status + (f": {error[:80]}" if error and run.status != "finished" else "")
         lines.append(
             f"| {run.strategy} | {run.depth} | {status} | {run.verdict} | {_fmt(run.val())} | "
             f"{_fmt(run.val() - run.baseline, '+.3f')} | {_fmt(best.get('val/loss'))} "
