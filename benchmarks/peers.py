@@ -1,0 +1,309 @@
+"""normlab against torchscale and a plain PyTorch stack: one training step of the same decoder, side by
+side, every configuration in its own process, rounds interleaved in one invocation.
+
+    make bench-peers                                         # installs the peers, runs the default table
+    python benchmarks/peers.py --depths 100 1000 --rounds 2 --out benchmarks/results/peers
+    python benchmarks/peers.py --depths 100 --impls normlab plain --norms preln --steps 3
+
+Model, the same for every implementation: decoder-only, d_model 64, 4 heads, FFN 256 (GELU), vocabulary
+8000, tied input/output embedding, biases on, **no positional encoding** (torchscale's Decoder without
+``embed_positions``, normlab ``pos_encoding=none``, none in the plain stack), no dropout; batch 8 x 64
+tokens; ``deepnorm`` (Post-LN with alpha on the residual and beta init, torchscale ``deepnorm=True``) or
+``preln`` (Pre-LN with a final norm, torchscale ``decoder_normalize_before=True, subln=False``).
+
+A step is: forward, next-token cross-entropy in fp32, backward, optimizer step, zero_grad. Each
+implementation uses its own default optimizer construction: torchscale and the plain stack
+``torch.optim.AdamW(params, lr)``; normlab the AdamW its tasks build (``normlab.tasks.base.build_optimizer``).
+Every process runs with one intra-op thread and subnormal floats flushed (a process setting normlab
+applies by default; applied to all so that no row pays for underflow). After ``--warmup`` steps the
+median of ``--steps`` timed steps is reported; peak memory is the process's resident high-water mark
+(VmHWM), torch itself included. ``normlab@<commit>`` rows run an older checkout (``--before``) for the
+before/after comparison.
+
+torchscale 0.3.0 is installed with ``pip install --no-deps torchscale==0.3.0 fairscale==0.4.0``; its one
+import of timm (``drop_path``, unused at rate 0) is served by ``benchmarks/stubs/timm`` (see there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+VOCAB, D, HEADS, FFN, BATCH, SEQ = 8000, 64, 4, 256, 8, 64
+# normlab variants: what changes from the default path (the "variant" column)
+VARIANTS = {
+    "default": {},
+    "ac-full": {"activation_checkpointing": "full"},
+    "ac-selective": {"activation_checkpointing": "selective"},
+    "bf16-mixed": {"precision": "bf16-mixed"},
+    "compile": {"compile_blocks": True},
+    "fused-adamw": {"fused": True},
+}
+
+
+# --- the three implementations (each runs in its own process) ---------------------------------
+def build_normlab(norm: str, depth: int, variant: str) -> tuple[Any, Any, Any]:
+    import torch
+
+    from normlab.config import validate_model_config, validate_optim_config
+    from normlab.models.init import build_model, materialize
+
+    options = VARIANTS[variant]
+    model_cfg = {"norm": norm, "depth": depth, "d_model": D, "n_heads": HEADS, "d_ffn": FFN}
+    model_cfg["pos_encoding"] = "none"
+    net = build_model(validate_model_config(model_cfg), VOCAB)
+    mode = options.get("activation_checkpointing", "none")
+    if mode != "none":
+        from normlab.distributed import apply_activation_checkpointing
+
+        apply_activation_checkpointing(net, mode)
+    net = materialize(net, "cpu", seed=0)
+    if options.get("compile_blocks"):
+        from normlab.compile import compile_blocks
+
+        compile_blocks(net)
+    optim_cfg = validate_optim_config({"lr": 1e-4, "fused": bool(options.get("fused", False))})
+    try:
+        from normlab.tasks.base import build_optimizer
+
+        optimizer = build_optimizer(net, optim_cfg)
+    except ImportError:  # an older normlab (before build_optimizer): its own default
+        optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    return net, (lambda ids: net(ids)), optimizer
+
+
+def build_torchscale(norm: str, depth: int) -> tuple[Any, Any, Any]:
+    sys.path.insert(0, str(ROOT / "benchmarks" / "stubs"))  # the timm stand-in
+    import torch
+    from torchscale.architecture.config import DecoderConfig
+    from torchscale.architecture.decoder import Decoder
+
+    common = dict(
+        vocab_size=VOCAB,
+        decoder_embed_dim=D,
+        decoder_attention_heads=HEADS,
+        decoder_ffn_embed_dim=FFN,
+        decoder_layers=depth,
+        dropout=0.0,
+        share_decoder_input_output_embed=True,
+        no_scale_embedding=True,
+    )
+    if norm == "deepnorm":
+        args = DecoderConfig(deepnorm=True, subln=False, decoder_normalize_before=False, **common)
+    else:
+        args = DecoderConfig(deepnorm=False, subln=False, decoder_normalize_before=True, **common)
+    embed = torch.nn.Embedding(VOCAB, D)
+    net = Decoder(args, embed_tokens=embed)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    return net, (lambda ids: net(ids)[0]), optimizer
+
+
+def build_plain(norm: str, depth: int) -> tuple[Any, Any, Any]:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    alpha, beta = ((2 * depth) ** 0.25, (8 * depth) ** -0.25) if norm == "deepnorm" else (1.0, 1.0)
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.qkv, self.out = nn.Linear(D, 3 * D), nn.Linear(D, D)
+            self.fc1, self.fc2 = nn.Linear(D, FFN), nn.Linear(FFN, D)
+            self.ln1, self.ln2 = nn.LayerNorm(D), nn.LayerNorm(D)
+            for lin, gain in ((self.out, beta), (self.fc1, beta), (self.fc2, beta)):
+                nn.init.xavier_normal_(lin.weight, gain=gain)
+            nn.init.xavier_normal_(self.qkv.weight)
+            with torch.no_grad():
+                self.qkv.weight[2 * D :].mul_(beta)  # W^V
+
+        def attn(self, x: torch.Tensor) -> torch.Tensor:
+            b, t, _ = x.shape
+            q, k, v = (z.view(b, t, HEADS, D // HEADS).transpose(1, 2) for z in self.qkv(x).chunk(3, -1))
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.out(o.transpose(1, 2).reshape(b, t, D))
+
+        def ffn(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc2(F.gelu(self.fc1(x)))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if norm == "deepnorm":
+                x = self.ln1(alpha * x + self.attn(x))
+                return self.ln2(alpha * x + self.ffn(x))
+            x = x + self.attn(self.ln1(x))
+            return x + self.ffn(self.ln2(x))
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(VOCAB, D)
+            self.blocks = nn.ModuleList(Block() for _ in range(depth))
+            self.final = nn.LayerNorm(D) if norm == "preln" else nn.Identity()
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            x = self.embed(ids)
+            for block in self.blocks:
+                x = block(x)
+            return F.linear(self.final(x), self.embed.weight)
+
+    net = Model()
+    return net, net, torch.optim.AdamW(net.parameters(), lr=1e-4)
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    import torch
+    import torch.nn.functional as F
+
+    from_path = spec.get("pythonpath")
+    if from_path:
+        sys.path.insert(0, from_path)
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    impl, norm, depth = spec["impl"], spec["norm"], spec["depth"]
+    if impl.startswith("normlab"):
+        net, forward, optimizer = build_normlab(norm, depth, spec.get("variant", "default"))
+    elif impl == "torchscale":
+        net, forward, optimizer = build_torchscale(norm, depth)
+    else:
+        net, forward, optimizer = build_plain(norm, depth)
+    build_s = time.perf_counter() - start
+    net.train()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, VOCAB, (BATCH, SEQ + 1), generator=g)
+    x, y = ids[:, :-1], ids[:, 1:]
+    autocast = spec.get("variant") == "bf16-mixed"
+    times, losses = [], []
+    for _ in range(spec["warmup"] + spec["steps"]):
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logits = forward(x)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+        losses.append(float(loss))
+    timed = times[spec["warmup"] :]
+    status = Path("/proc/self/status").read_text().splitlines()
+    peak = next((int(s.split()[1]) / 1024 for s in status if s.startswith("VmHWM:")), math.nan)
+    return {
+        **spec,
+        "step_s": statistics.median(timed),
+        "first_step_s": times[0],
+        "build_s": build_s,
+        "peak_mb": peak,
+        "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
+        "tokens_per_s": BATCH * SEQ / statistics.median(timed),
+        "losses": losses,
+    }
+
+
+# --- the table ---------------------------------------------------------------------------------
+def label(spec: dict[str, Any]) -> str:
+    name = spec["impl"]
+    variant = spec.get("variant", "default")
+    return name if variant == "default" or not name.startswith("normlab") else f"{name} ({variant})"
+
+
+def _ratio(a: float, b: float | None) -> str:
+    return "–" if b is None or not b else f"{a / b:.2f}"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| implementation | norm | depth | step s (median of rounds) | per round | vs torchscale | vs plain "
+        "| tokens/s | peak MB | vs torchscale | build s |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((label(r), r["norm"], r["depth"]), []).append(r)
+    step = {k: statistics.median(x["step_s"] for x in v) for k, v in groups.items()}
+    peak = {k: statistics.median(x["peak_mb"] for x in v) for k, v in groups.items()}
+    for key in sorted(groups, key=lambda k: (k[2], k[1], k[0])):
+        name, norm, depth = key
+        ts, plain = ("torchscale", norm, depth), ("plain", norm, depth)
+        group = groups[key]
+        rounds = ", ".join(f"{x['step_s']:.3f}" for x in group)
+        tokens = statistics.median(x["tokens_per_s"] for x in group)
+        build = statistics.median(x["build_s"] for x in group)
+        lines.append(
+            f"| {name} | {norm} | {depth} | {step[key]:.3f} | {rounds} | {_ratio(step[key], step.get(ts))} | "
+            f"{_ratio(step[key], step.get(plain))} | {tokens:.0f} | {peak[key]:.0f} | "
+            f"{_ratio(peak[key], peak.get(ts))} | {build:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--depths", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--norms", nargs="+", default=["deepnorm", "preln"])
+    parser.add_argument("--impls", nargs="+", default=["normlab", "torchscale", "plain"])
+    parser.add_argument("--variants", nargs="*", default=[], choices=list(VARIANTS), help="normlab rows")
+    parser.add_argument("--before", metavar="DIR", help="an older normlab checkout (src/ inside) as a row")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--out", type=Path, help="write <out>.md and <out>.json")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        print("ROW " + json.dumps(measure(json.loads(args.one))), flush=True)
+        return 0
+    specs = []
+    for depth in args.depths:
+        for norm in args.norms:
+            for impl in args.impls:
+                specs.append({"impl": impl, "norm": norm, "depth": depth, "variant": "default"})
+            for variant in args.variants:
+                specs.append({"impl": "normlab", "norm": norm, "depth": depth, "variant": variant})
+            if args.before:
+                commit = subprocess.run(
+                    ["git", "-C", args.before, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+                ).stdout.strip()
+                before = {"impl": f"normlab@{commit}", "norm": norm, "depth": depth, "variant": "default"}
+                specs.append({**before, "pythonpath": str(Path(args.before) / "src")})
+    rows: list[dict[str, Any]] = []
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    for round_ in range(args.rounds):
+        for spec in specs:
+            full = {**spec, "warmup": args.warmup, "steps": args.steps, "round": round_}
+            run_env = dict(env)
+            if spec.get("pythonpath"):
+                run_env["PYTHONPATH"] = spec["pythonpath"]
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--one", json.dumps(full)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=run_env, cwd=ROOT, timeout=3600)
+            found = [ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")]
+            if proc.returncode or not found:
+                tail = (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
+                print(f"[peers] {label(spec)} {spec['norm']} {spec['depth']}: failed: {tail}", flush=True)
+                continue
+            row = json.loads(found[-1][4:])
+            rows.append(row)
+            print(
+                f"[peers] round {round_} {label(row)} {row['norm']} depth {row['depth']}: "
+                f"{row['step_s']:.3f} s/step, {row['peak_mb']:.0f} MB",
+                flush=True,
+            )
+            if args.out:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+                args.out.with_suffix(".md").write_text(table(rows) + "\n")
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""normlab's AdamW (tasks.base.build_optimizer): foreach by default, bit-identical to the plain
+per-parameter loop; fused is opt-in and close but not identical; weight decay on matrices only."""
+
+from __future__ import annotations
+
+import torch
+
+from normlab.config import validate_model_config, validate_optim_config
+from normlab.models.init import build_model, materialize
+from normlab.tasks.base import build_optimizer
+
+CFG = {"norm": "deepnorm", "depth": 3, "d_model": 32, "n_heads": 4, "d_ffn": 64}
+
+
+def _train(optimizer_factory, steps: int = 4) -> torch.Tensor:
+    net = materialize(build_model(validate_model_config(CFG), 50), "cpu", seed=0)
+    opt = optimizer_factory(net)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(steps):
+        ids = torch.randint(0, 50, (2, 9), generator=g)
+        net(ids).float().logsumexp(-1).mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return torch.cat([p.detach().flatten() for p in net.parameters()])
+
+
+def _loop(net):
+    cfg = validate_optim_config({})
+    ref = build_optimizer(net, cfg)
+    return torch.optim.AdamW(ref.param_groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, foreach=False)
+
+
+def test_default_is_foreach_and_bit_identical_to_the_loop() -> None:
+    net = materialize(build_model(validate_model_config(CFG), 50), "cpu", seed=0)
+    opt = build_optimizer(net, validate_optim_config({}))
+    assert opt.defaults["foreach"] is True and not opt.defaults.get("fused")
+    decay, no_decay = opt.param_groups
+    assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim < 2 for p in no_decay["params"])
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.01, 0.0)
+    default = _train(lambda n: build_optimizer(n, validate_optim_config({})))
+    assert torch.equal(default, _train(_loop))
+
+
+def test_fused_is_opt_in_and_close() -> None:
+    fused = _train(lambda n: build_optimizer(n, validate_optim_config({"fused": True})))
+    torch.testing.assert_close(fused, _train(_loop), atol=1e-5, rtol=1e-4)
