@@ -20,18 +20,23 @@ Formats: 1 = before the ``format`` field existed (BranchNorm had only the form n
 
 from __future__ import annotations
 
+import ctypes
+import io
+import os
 import pickle
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
 from normlab.config import architecture_keys
-from normlab.errors import ConfigError
+from normlab.errors import CheckpointWriteError, ConfigError
 
 CHECKPOINT_KEY = "normlab"
 FORMAT = 2
@@ -151,6 +156,93 @@ def migrate(ckpt: dict[str, Any]) -> dict[str, Any]:
         model.pop("activation_checkpointing", None)  # now compute.activation_checkpointing
     extras["format"] = FORMAT
     return ckpt
+
+
+# --- writing --------------------------------------------------------------------------------------
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _free_mb(path: Path) -> float:
+    try:
+        return shutil.disk_usage(path).free / 2**20
+    except OSError:
+        return float("nan")
+
+
+def write_failed(path: Path, err: OSError) -> CheckpointWriteError:
+    """One line naming the file, the reason and the free space; the previous checkpoint is intact."""
+    return CheckpointWriteError(
+        f"checkpoint {path} could not be written ({err.strerror or err}; {_free_mb(path.parent):.0f} MB free "
+        f"in {path.parent}); the previous checkpoint there is intact: free space or set paths.log_dir"
+    )
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoint files written as temp file + fsync + ``os.replace`` in the same folder: a reader (or
+    a resume after ``kill -9``) sees the old complete file or the new complete file, never a torn one.
+    (Lightning's own writer stages the bytes in the system temp folder and moves them, which is a
+    copy, not a rename, when that folder is on another file system.) A failed write removes the temp
+    file and raises :class:`CheckpointWriteError`."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            buffer = io.BytesIO()
+            torch.save(checkpoint, buffer)
+            with tmp.open("wb") as f:
+                self._write(buffer.getbuffer(), f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise write_failed(path, err) from None
+
+    def _write(self, data: memoryview, f: Any) -> None:
+        """The one write of the bytes (a seam the crash tests use to die half-way through)."""
+        f.write(data)
+
+
+_RENAME_EXCHANGE = 2
+
+
+def swap_directories(new: Path, target: Path) -> None:
+    """Put directory ``new`` at ``target`` atomically; the old ``target`` (if any) is removed.
+
+    Linux ``renameat2(RENAME_EXCHANGE)`` swaps the two names in one step; where it is unavailable,
+    the old directory is moved aside first, so at every moment one complete checkpoint exists under
+    ``target`` or under ``<target>.old``."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        at_fdcwd = -100
+        ok = libc.renameat2(at_fdcwd, bytes(new), at_fdcwd, bytes(target), _RENAME_EXCHANGE) == 0
+    except (AttributeError, OSError):
+        ok = False
+    if ok:
+        shutil.rmtree(new)  # now the old checkpoint
+    else:
+        old = target.with_name(target.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(new, target)
+        shutil.rmtree(old)
+    _fsync_dir(target.parent)
 
 
 # --- comparing and loading ------------------------------------------------------------------------

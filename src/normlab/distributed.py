@@ -21,6 +21,8 @@ task calls on the root besides ``forward``, e.g. ``encode``/``decode``, which FS
 from __future__ import annotations
 
 import functools
+import shutil
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -31,6 +33,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
+from normlab.checkpoints import swap_directories, write_failed
 from normlab.errors import ConfigError
 from normlab.models.transformer import transformer_stacks
 from normlab.trainer_config import DTYPES, fsdp_args
@@ -70,6 +73,25 @@ class FSDP2Strategy(ModelParallelStrategy):
     def setup_environment(self) -> None:
         self._data_parallel_size = self.num_nodes * self.num_processes  # FSDP over every rank
         super().setup_environment()
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
+        """Sharded checkpoints are written into a temp directory beside the target, then swapped in
+        (``normlab.checkpoints.swap_directories``), so ``last.ckpt`` is always a complete set of shards."""
+        if not self.args.save_distributed_checkpoint:
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        target = Path(self.broadcast(str(filepath)))
+        tmp = target.with_name(f".{target.name}.tmp")
+        if self.is_global_zero and tmp.exists():
+            shutil.rmtree(tmp)
+        self.barrier()
+        try:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+        except OSError as err:
+            raise write_failed(target, err) from None
+        self.barrier()
+        if self.is_global_zero:
+            swap_directories(tmp, target)
+        self.barrier()
 
     def shard_mesh(self) -> Any:
         """1-D mesh over all ranks (full) or 2-D (replicate across nodes, shard within a node)."""

@@ -15,3 +15,7 @@ class DataError(ConfigError):
 
 class TrainingDiverged(RuntimeError):
     """The loss or the gradients became non-finite; no checkpoint was written after that step."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, permissions); the previous one is intact."""

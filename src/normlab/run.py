@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from normlab.checkpoints import (
     CHECKPOINT_KEY,
+    AtomicCheckpointIO,
     check_same_architecture,
     check_task,
     load_task,
@@ -65,8 +67,33 @@ def apply_compute(compute: ComputeConfig) -> None:
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[L.Callback], loggers: list[Any]) -> L.Trainer:
-    """The Trainer of ``cfg.trainer`` (already checked by :func:`validate_trainer_config`)."""
-    return instantiate_checked("trainer", cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    """The Trainer of ``cfg.trainer`` (already checked by :func:`validate_trainer_config`), writing
+    checkpoint files atomically."""
+    return instantiate_checked(
+        "trainer", cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
+
+
+def check_writable(folder: Path) -> None:
+    """The run folder must be writable before any work starts (one line, not a crash at step N)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(
+            f"paths.log_dir: cannot write into {folder} ({err.strerror or err}); point paths.log_dir at a "
+            "writable folder"
+        ) from None
+
+
+def resume_folder(ckpt_path: Path) -> Path | None:
+    """The run folder a checkpoint belongs to (``<run>/checkpoints/<file or dir>``), if it is one."""
+    parent = ckpt_path.resolve().parent
+    if parent.name == "checkpoints" and (parent.parent / "metrics.json").exists():
+        return parent.parent
+    return None
 
 
 def _checked_resume(path: Any, task: Any, model: dict[str, Any]) -> str:
@@ -87,6 +114,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     optim_cfg = validate_optim_config(cfg.optim)
     compute = validate_compute_config(cfg.get("compute"))
     validate_trainer_config(cfg.trainer)  # precision x hardware x strategy, before any data work
+    check_writable(Path(str(cfg.paths.output_dir)))
     description = model_description(model_cfg)
     apply_compute(compute)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -108,6 +136,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path:
         ckpt_path = _checked_resume(ckpt_path, task, as_plain(model_cfg))
+        previous = resume_folder(Path(ckpt_path))
+        if previous is not None:  # continue in the run's own folder: its best-so-far, curves, logs
+            with open_dict(cfg):
+                cfg.paths.output_dir = str(previous)
+            log.info("resuming %s: continuing in its run folder %s", ckpt_path, previous)
 
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))

@@ -41,7 +41,9 @@ COMMON = [
 ]
 CKPT = [
     "callbacks.model_checkpoint.monitor=null",
-    "+callbacks.model_checkpoint.every_n_train_steps=3",
+    # numbered checkpoints every 3 steps, no validation: Lightning's own ModelCheckpoint does that
+    "callbacks.model_checkpoint._target_=lightning.pytorch.callbacks.ModelCheckpoint",
+    "callbacks.model_checkpoint.every_n_train_steps=3",
     "callbacks.model_checkpoint.save_top_k=-1",
     "callbacks.model_checkpoint.save_last=false",
     "callbacks.model_checkpoint.filename='step{step}'",

@@ -59,7 +59,7 @@ def _logged(out_dir: Path, key: str, step_key: str) -> dict[int, float]:
     Keyed by the logged progress rather than the logger's x-axis: after a mid-epoch resume
     Lightning's logger step lags the optimizer step by one, which is Lightning's bookkeeping.
     """
-    (path,) = out_dir.rglob("metrics.csv")
+    path = max(out_dir.rglob("metrics.csv"), key=lambda p: p.stat().st_mtime)  # a resume adds a version
     values = {}
     with path.open() as f:
         for row in csv.DictReader(f):
@@ -76,7 +76,8 @@ def _with_checkpoints(out_dir: Path) -> list[str]:
     ]
 
 
-def _run_and_resume(make_cfg, tmp_path: Path, base: list[str]) -> tuple[Path, Path, dict, dict]:
+def _run_and_resume(make_cfg, tmp_path: Path, base: list[str], check_first) -> tuple[Path, dict, dict]:
+    """4 steps with checkpoints, ``check_first(run_dir)``, then a resume to step 7 from last.ckpt."""
     first_dir, resumed_dir = tmp_path / "first", tmp_path / "resumed"
     first = make_cfg(
         "train",
@@ -84,6 +85,7 @@ def _run_and_resume(make_cfg, tmp_path: Path, base: list[str]) -> tuple[Path, Pa
         out_dir=first_dir,
     )
     _, a = train(first)
+    check_first(first_dir)
     ckpt = first_dir / "checkpoints" / "last.ckpt"
     resumed = make_cfg(
         "train",
@@ -91,36 +93,49 @@ def _run_and_resume(make_cfg, tmp_path: Path, base: list[str]) -> tuple[Path, Pa
         resumed_dir,
     )
     _, b = train(resumed)
-    return first_dir, resumed_dir, a, b
+    # the resumed run continues in the run folder of its checkpoint, not in a new one
+    assert b["trainer"].default_root_dir == str(first_dir) and not (resumed_dir / "checkpoints").exists()
+    return first_dir, a, b
+
+
+def _state(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)[
+        "state_dict"
+    ]
 
 
 def test_branchnorm_ramp_resumes_from_the_saved_value(make_cfg, tmp_path: Path) -> None:
-    first_dir, resumed_dir, a, b = _run_and_resume(make_cfg, tmp_path, BRANCHNORM)
+    def first(run_dir: Path) -> None:
+        assert _logged(run_dir, "norm/scale", "norm/progress") == pytest.approx(
+            {0: 0.0, 1: 0.1, 2: 0.2, 3: 0.3}
+        )
+        state = _state(run_dir)
+        assert int(state["net.norm_strategy.progress"]) == 4
+        assert float(state["net.norm_strategy.scale"]) == pytest.approx(0.4)
+
+    run_dir, a, b = _run_and_resume(make_cfg, tmp_path, BRANCHNORM, first)
     assert any(isinstance(c, ScheduleCallback) for c in a["trainer"].callbacks)
-    assert _logged(first_dir, "norm/scale", "norm/progress") == pytest.approx(
-        {0: 0.0, 1: 0.1, 2: 0.2, 3: 0.3}
-    )
-    state = torch.load(first_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert int(state["state_dict"]["net.norm_strategy.progress"]) == 4
-    assert float(state["state_dict"]["net.norm_strategy.scale"]) == pytest.approx(0.4)
     strategy = b["task"].norm_strategy
     assert b["trainer"].global_step == 7
     assert (int(strategy.progress), float(strategy.scale)) == (7, pytest.approx(0.7))
     # the resumed run's first step uses s_4 = 0.4, not a restarted s_0 = 0
-    assert _logged(resumed_dir, "norm/scale", "norm/progress") == pytest.approx({4: 0.4, 5: 0.5, 6: 0.6})
+    assert _logged(run_dir, "norm/scale", "norm/progress") == pytest.approx({4: 0.4, 5: 0.5, 6: 0.6})
 
 
 def test_prores_alphas_resume_from_the_saved_values(make_cfg, tmp_path: Path) -> None:
-    first_dir, resumed_dir, a, b = _run_and_resume(make_cfg, tmp_path, PRORES)
-    l1 = _logged(first_dir, "warmup/decoder/alpha_l1", "warmup/step")
-    l2 = _logged(first_dir, "warmup/decoder/alpha_l2", "warmup/step")
-    assert l1 == pytest.approx({0: 0.0, 1: 0.5, 2: 1.0, 3: 1.0})
-    assert l2 == pytest.approx({0: 0.0, 1: 0.25, 2: 0.5, 3: 0.75})
-    state = torch.load(first_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert state["state_dict"]["net.residual_warmup.alpha_decoder"].tolist() == [1.0, 1.0]
-    assert int(state["state_dict"]["net.residual_warmup.step"]) == 4
-    resumed_l2 = _logged(resumed_dir, "warmup/decoder/alpha_l2", "warmup/step")
-    assert resumed_l2 == pytest.approx({4: 1.0, 5: 1.0, 6: 1.0})
+    def first(run_dir: Path) -> None:
+        l1 = _logged(run_dir, "warmup/decoder/alpha_l1", "warmup/step")
+        l2 = _logged(run_dir, "warmup/decoder/alpha_l2", "warmup/step")
+        assert l1 == pytest.approx({0: 0.0, 1: 0.5, 2: 1.0, 3: 1.0})
+        assert l2 == pytest.approx({0: 0.0, 1: 0.25, 2: 0.5, 3: 0.75})
+        state = _state(run_dir)
+        assert state["net.residual_warmup.alpha_decoder"].tolist() == [1.0, 1.0]
+        assert int(state["net.residual_warmup.step"]) == 4
+
+    run_dir, _, b = _run_and_resume(make_cfg, tmp_path, PRORES, first)
+    assert _logged(run_dir, "warmup/decoder/alpha_l2", "warmup/step") == pytest.approx(
+        {4: 1.0, 5: 1.0, 6: 1.0}
+    )
     assert int(b["task"].net.residual_warmup.step) == 7
 
 

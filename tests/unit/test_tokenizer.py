@@ -183,3 +183,17 @@ def test_settings_parse_accepts_dict_and_none() -> None:
     parsed = TokenizerSettings.parse({"kind": "unigram", "vocab_size": 1000})
     assert parsed == TokenizerSettings(kind="unigram", vocab_size=1000)
     assert TokenizerSettings.parse(parsed) is parsed
+
+
+def test_a_corrupt_cache_file_is_retrained_with_a_warning(tmp_path, caplog) -> None:
+    from normlab.data.tokenizer import TokenizerSettings, train_or_load
+
+    settings = TokenizerSettings(kind="bpe", vocab_size=300)
+    texts = lambda: ["the cat sat on the mat"] * 50  # noqa: E731
+    first = train_or_load(settings, texts, tmp_path, "fp")
+    (cache,) = tmp_path.glob("tokenizer-*.json")
+    cache.write_text('{"truncated": ')
+    with caplog.at_level("WARNING", logger="normlab.data"):
+        again = train_or_load(settings, texts, tmp_path, "fp")
+    assert "unreadable" in caplog.text and "training it again" in caplog.text
+    assert again.to_json() == first.to_json() and cache.read_text() == first.to_json()

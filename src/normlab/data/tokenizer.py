@@ -160,8 +160,13 @@ def train_or_load(
     key = hashlib.sha256(key_src.encode()).hexdigest()[:12]
     path = Path(cache_dir) / f"tokenizer-{settings.kind}-v{settings.vocab_size}-{key}.json"
     if path.exists():
-        log.info("tokenizer: loaded %s", path)
-        return TextTokenizer.from_json(path.read_text(encoding="utf-8"), settings)
+        try:
+            tokenizer = TextTokenizer.from_json(path.read_text(encoding="utf-8"), settings)
+        except Exception as err:  # noqa: BLE001 - tokenizers raises a bare Exception on a corrupt file
+            log.warning("tokenizer: cache %s is unreadable (%s); training it again", path, str(err)[:100])
+        else:
+            log.info("tokenizer: loaded %s", path)
+            return tokenizer
     tokenizer = TextTokenizer(_train(settings, texts), settings)
     with atomic_output(path) as tmp:
         tmp.write_text(tokenizer.to_json(), encoding="utf-8")
