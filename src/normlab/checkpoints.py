@@ -197,6 +197,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError("AtomicCheckpointIO takes no storage_options")
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a process killed mid-write
+            stale.unlink(missing_ok=True)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             buffer = io.BytesIO()

@@ -91,9 +91,7 @@ def check_writable(folder: Path) -> None:
 def resume_folder(ckpt_path: Path) -> Path | None:
     """The run folder a checkpoint belongs to (``<run>/checkpoints/<file or dir>``), if it is one."""
     parent = ckpt_path.resolve().parent
-    if parent.name == "checkpoints" and (parent.parent / "metrics.json").exists():
-        return parent.parent
-    return None
+    return parent.parent if parent.name == "checkpoints" else None
 
 
 def _checked_resume(path: Any, task: Any, model: dict[str, Any]) -> str:

@@ -145,6 +145,8 @@ class RunRecord(L.Callback):
             if "val/loss" in values:  # the metric of TensorBoard's HParams tab (normlab.run_log)
                 for logger in trainer.loggers:
                     logger.log_metrics({"hp/val_loss": values["val/loss"]}, step=trainer.global_step)
+        self._flush()
+        self.write(trainer, pl_module)  # a live run's record (status running) after every validation
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.test = _scalar_dict(trainer.callback_metrics, "test/")
