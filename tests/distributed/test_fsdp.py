@@ -94,7 +94,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict:
     )
     assert two_node.ok, two_node.tail()
     run_dir = base / "logs" / "debug" / "runs" / "two_node"
-    # 3. resume from the step-3 shards, as HSDP (2 nodes: replicate across them, shard within)
+    # 3. resume from the step-3 shards, as HSDP (2 nodes: replicate across them, shard within); from a
+    # copy outside the run's checkpoints/ folder, so it is a run of its own (a resume from inside
+    # continues in the original folder, see the kill test below)
+    import shutil
+
+    copy = base / "step3.ckpt"
+    shutil.copytree(run_dir / "checkpoints" / "step3.ckpt", copy)
     resumed = torchrun(
         fsdp
         + [
@@ -102,7 +108,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict:
             "trainer.strategy.sharding=hybrid",
             "trainer.strategy.layers_per_unit=2",  # 3 blocks -> units of 2 + 1
             f"paths.log_dir={base / 'logs2'}",
-            f"ckpt_path={run_dir / 'checkpoints' / 'step3.ckpt'}",
+            f"ckpt_path={copy}",
             *recorder_args(base / "resumed"),
         ],
         run_id="resumed",
@@ -203,3 +209,52 @@ def test_stability_monitor_reduces_sharded_gradients_to_the_full_block_norms(run
         assert a["decoder"]["grad_norm"] == pytest.approx(b["decoder"]["grad_norm"], rel=2e-3)
         # mean over ranks of per-rank RMS vs RMS over the whole batch: close, not identical
         assert a["decoder"]["act_rms"] == pytest.approx(b["decoder"]["act_rms"], rel=5e-2)
+
+
+def test_kill_9_of_a_sharded_run_resumes_to_the_same_losses(runs: dict, data_dir: Path) -> None:
+    """Both ranks SIGKILLed after the backward of step 5; last.ckpt (a sharded directory written
+    every 2 steps, swapped in whole) is complete, and resuming it reproduces the uninterrupted FSDP
+    run's losses for every step."""
+    from normlab.checkpoints import read_checkpoint_meta
+
+    base = runs["base"]
+    fsdp = COMMON + [
+        "trainer=fsdp",
+        "data.batch_size=4",
+        "compute.activation_checkpointing=full",
+        "~logger",
+        "callbacks.stability_monitor.every_n_steps=2",
+        "callbacks.model_checkpoint.every_n_train_steps=2",
+        "~callbacks.rich_progress_bar",
+        "test=false",
+        f"paths.data_dir={data_dir}",
+        f"paths.log_dir={base / 'logs_kill'}",
+    ]
+    killer = [
+        "+callbacks.killer._target_=tests.e2e.test_crash_safety.KillAt",
+        "+callbacks.killer.point=step",
+        "+callbacks.killer.step=5",
+    ]
+    killed = torchrun(fsdp + killer, run_id="killed", cwd=base, nnodes=2, nproc_per_node=1)
+    assert not killed.ok
+    run_dir = base / "logs_kill" / "debug" / "runs" / "killed"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert last.is_dir() and read_checkpoint_meta(last)["global_step"] == 4
+    assert not list((run_dir / "checkpoints").glob(".*tmp*"))
+    resumed = torchrun(
+        fsdp + [f"ckpt_path={last}", *recorder_args(base / "after_kill")],
+        run_id="after_kill",
+        cwd=base,
+        nnodes=2,
+        nproc_per_node=1,
+    )
+    assert resumed.ok, resumed.tail()
+    # global losses (mean over ranks: which torchrun node gets rank 0 may differ between launches)
+    after = recorder.read(base / "after_kill")[0]
+    straight = runs["two_node"][0]
+    assert after["global_step_at_start"] == 4
+    for step in ("5", "6"):
+        assert after["losses"][step] == pytest.approx(straight["losses"][step], abs=1e-6), step
+    # the run record continued in the killed run's folder: one row per step, 1..6
+    rows = (run_dir / "train_curve.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == list(range(1, STEPS + 1))
