@@ -58,7 +58,7 @@ def _fail(message: str) -> None:
 
 def _overrides(argv: list[str]) -> list[str]:
     """The config overrides of a command line (not Hydra's flags such as ``-m`` or ``--cfg``)."""
-    return [a for a in argv if "=" in a and not a.startswith("-")]
+    return [a for a in argv if ("=" in a or a.startswith("~")) and not a.startswith("-")]
 
 
 def check_model_keys(overrides: list[str]) -> None:

@@ -9,11 +9,13 @@ exactly these fields.
 
 from __future__ import annotations
 
+import inspect
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 import torch
+from lightning.pytorch import Trainer
 
 from normlab.errors import ConfigError
 from normlab.typed_config import plain, to_dataclass
@@ -44,6 +46,70 @@ class FSDPArgs:
             )
 
 
+@dataclass(frozen=True)
+class TrainerArgs:
+    """Types and ranges of the Lightning ``Trainer`` arguments normlab's ``trainer`` configs set (any
+    other ``Trainer`` argument may be added with ``+trainer.<name>=...`` and is passed through).
+    Defaults here are Lightning's defaults; configs/trainer/default.yaml sets normlab's."""
+
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = 1
+    strategy: Any = "auto"
+    precision: str | int = "32-true"  # checked against PRECISIONS below
+    max_steps: int = -1
+    max_epochs: int | None = None
+    max_time: str | None = None
+    val_check_interval: int | float | None = None
+    check_val_every_n_epoch: int | None = 1
+    limit_val_batches: int | float | None = None
+    limit_test_batches: int | float | None = None
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = None
+    log_every_n_steps: int | None = None
+    num_sanity_val_steps: int | None = None
+    deterministic: bool | None = None
+    enable_model_summary: bool | None = None
+    default_root_dir: str | None = None
+
+    def validate(self) -> None:
+        checks = [
+            ("num_nodes", self.num_nodes, 1),
+            ("max_steps", self.max_steps, -1),
+            ("accumulate_grad_batches", self.accumulate_grad_batches, 1),
+            ("log_every_n_steps", self.log_every_n_steps, 1),
+            ("num_sanity_val_steps", self.num_sanity_val_steps, -1),
+            ("check_val_every_n_epoch", self.check_val_every_n_epoch, 1),
+            ("max_epochs", self.max_epochs, -1),
+        ]
+        for key, value, minimum in checks:
+            if value is not None and value < minimum:
+                raise ConfigError(f"trainer.{key}: must be >= {minimum}, got {value}")
+        for key in ("val_check_interval", "limit_val_batches", "limit_test_batches", "gradient_clip_val"):
+            value = getattr(self, key)
+            if value is not None and value < 0:
+                raise ConfigError(f"trainer.{key}: must be >= 0, got {value}")
+        if isinstance(self.devices, int) and self.devices < 1:
+            raise ConfigError(f"trainer.devices: must be >= 1 or 'auto', got {self.devices}")
+        if isinstance(self.devices, str) and self.devices != "auto":
+            raise ConfigError(f"trainer.devices: must be an integer >= 1 or 'auto', got {self.devices!r}")
+
+
+def trainer_args(node: Any) -> TrainerArgs:
+    """The typed check of a ``trainer`` node; other Lightning ``Trainer`` arguments pass through."""
+    values = {k: v for k, v in dict(plain(node)).items() if k != "_target_"}
+    known = {f.name for f in fields(TrainerArgs)}
+    passed_by_run = {"self", "callbacks", "logger", "plugins"}
+    accepted = set(inspect.signature(Trainer.__init__).parameters) - passed_by_run
+    unknown = sorted(k for k in values if k not in known and k not in accepted)
+    if unknown:
+        raise ConfigError(
+            f"trainer.{unknown[0]}: unknown key; not an argument of lightning's Trainer (see "
+            "configs/trainer/default.yaml for the ones normlab sets)"
+        )
+    return to_dataclass(TrainerArgs, {k: v for k, v in values.items() if k in known}, "trainer")
+
+
 def fsdp_args(values: Any) -> FSDPArgs:
     return to_dataclass(FSDPArgs, values, "trainer.strategy")
 
@@ -57,6 +123,7 @@ def validate_trainer_config(node: Any) -> Any:
     precision excludes Lightning's; under torchrun ``num_nodes x devices`` must equal WORLD_SIZE.
     Returns the node unchanged.
     """
+    trainer_args(node)  # types and ranges first: Lightning would fail on them mid-run
     precision = node.get("precision", "32-true")
     if precision not in PRECISIONS:
         raise ConfigError(
