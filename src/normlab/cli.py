@@ -17,6 +17,7 @@ import functools
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,14 +29,14 @@ from hydra.types import RunMode
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from normlab.config import MOVED_KEYS, ModelConfig
-from normlab.errors import ConfigError, TrainingDiverged
+from normlab.errors import CheckpointWriteError, ConfigError, TrainingDiverged
 from normlab.launch import register_resolvers
 
 # Config nodes whose keys are open in YAML ({} or null) and typed only later, in Python.
 OPEN_NODES = ("model.norm_args.", "model.residual_warmup.")
 # What a run folder of a failed-before-training command holds (Hydra writes these at job start).
 HYDRA_ONLY = {".hydra"}
-EXIT_CONFIG, EXIT_DIVERGED = 2, 3
+EXIT_CONFIG, EXIT_DIVERGED, EXIT_WRITE = 2, 3, 4
 
 
 def open_node_overrides(argv: list[str]) -> list[str]:
@@ -93,12 +94,30 @@ def preflight(config_dir: Path, config_name: str, overrides: list[str]) -> None:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            compose(config_name=config_name, overrides=overrides)
+            cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+            run_dir = Path(str(cfg.hydra.run.dir))
     except Exception as err:  # noqa: BLE001 - Hydra raises several types; the user needs one line
         text = " ".join(str(err).split())
         _fail(f"{text[:400]}; see python {Path(sys.argv[0]).name} --help for the config groups")
     finally:
         GlobalHydra.instance().clear()
+    check_creatable(run_dir)
+
+
+def check_creatable(folder: Path) -> None:
+    """Hydra creates the run folder before any normlab code runs: a folder must be creatable in its
+    nearest existing parent (tried, then removed), or the command ends here in one line, not in
+    Hydra's traceback."""
+    parent = folder.absolute()
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".normlab-probe-", dir=parent))
+    except OSError as err:
+        _fail(
+            f"paths.log_dir: cannot create the run folder {folder} ({parent}: {err.strerror or err}); "
+            "point paths.log_dir at a writable folder"
+        )
 
 
 def prepare_argv(argv: list[str], config_dir: Path, config_name: str) -> list[str]:
@@ -133,7 +152,8 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     ConfigError (bad input) exits with code 2 and removes the run folder when it holds nothing
     but Hydra's files; TrainingDiverged (nan/inf gradients) exits with code 3 and keeps the folder
-    (its checkpoints and run record). Inside a sweep (``-m``) a job that fails this way prints its
+    (its checkpoints and run record); a checkpoint that cannot be written (disk full) exits with code 4,
+    the previous checkpoint intact. Inside a sweep (``-m``) a job that fails this way prints its
     one line and returns, so the other jobs still run and the report shows it. Hydra reports
     ordinary exceptions with a traceback; SystemExit passes through it untouched.
     """
@@ -142,7 +162,7 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, TrainingDiverged, MisconfigurationException) as err:
+        except (ConfigError, TrainingDiverged, MisconfigurationException, CheckpointWriteError) as err:
             if not _in_multirun():
                 raise
             # one job of a sweep: say it in one line and let the sweep go on; the job's run record
@@ -161,6 +181,9 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except TrainingDiverged as err:
             sys.stderr.write(f"normlab: error: {err}\n")
             sys.exit(EXIT_DIVERGED)
+        except CheckpointWriteError as err:  # disk full / unwritable: the previous checkpoint is intact
+            sys.stderr.write(f"normlab: error: {err}\n")
+            sys.exit(EXIT_WRITE)
         except MisconfigurationException as err:  # Lightning refusing a combination of settings
             _remove_if_empty_run(_output_dir())
             sys.stderr.write(f"normlab: error: lightning: {' '.join(str(err).split())}\n")
