@@ -258,3 +258,18 @@ def test_kill_9_of_a_sharded_run_resumes_to_the_same_losses(runs: dict, data_dir
     # the run record continued in the killed run's folder: one row per step, 1..6
     rows = (run_dir / "train_curve.csv").read_text().splitlines()[1:]
     assert [int(r.split(",")[0]) for r in rows] == list(range(1, STEPS + 1))
+
+
+def test_a_sharded_checkpoint_with_a_missing_shard_is_one_line(runs: dict, tmp_path: Path) -> None:
+    import shutil
+
+    from normlab.checkpoints import read_checkpoint_meta
+    from normlab.errors import ConfigError
+
+    broken = tmp_path / "step6.ckpt"
+    shutil.copytree(runs["run_dir"] / "checkpoints" / "step6.ckpt", broken)
+    shard = sorted(broken.glob("*.distcp"))[-1]
+    shard.unlink()
+    with pytest.raises(ConfigError, match=rf"is missing shard {shard.name} \(1 of 2 files\)") as info:
+        read_checkpoint_meta(broken)
+    assert "\n" not in str(info.value)

@@ -123,3 +123,17 @@ def test_depth_1000_deepnorm_from_the_command_line(tmp_path: Path) -> None:
         if row.split(",")[header.index("train/loss")]
     ]
     assert losses and all(loss == loss and loss < 20 for loss in losses)
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (["train.py", "--help"], "== Configuration groups =="),
+        (["eval.py", "--help"], "== Configuration groups =="),
+        (["-m", "normlab.describe", "--help"], "Print a model's resolved constants"),
+        (["-m", "normlab.report", "--help"], "usage: python -m normlab.report"),
+    ],
+)
+def test_help_works_for_every_entry_point(args: list[str], expect: str) -> None:
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and expect in proc.stdout, proc.stderr[-1000:]

@@ -44,13 +44,16 @@ def _train(args: list[str], data_dir: Path) -> subprocess.CompletedProcess:
 def sweep(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
     logs = tmp_path_factory.mktemp("sweep")
     proc = _train(
-        ["-m", "experiment=depth_sweep", "model.norm=postln,deepnorm", "model.depth=2,3", *TINY]
+        ["-m", "experiment=depth_sweep", "model.norm=postln,deepnorm,nosuchnorm", "model.depth=2,3", *TINY]
         + [f"paths.log_dir={logs}", "run_id=tiny"],
         data_dir,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     folder = logs / "depth_sweep" / "multiruns" / "tiny"
-    assert "normlab: report of 4 runs" in proc.stdout
+    # the two jobs with an unknown strategy fail in one line each and the sweep goes on
+    failed = [ln for ln in proc.stderr.splitlines() if ln.startswith("normlab: error: job ")]
+    assert len(failed) == 2 and all("unknown strategy 'nosuchnorm'" in ln for ln in failed)
+    assert "normlab: report of 6 runs" in proc.stdout
     injector = "tests.e2e.test_divergence_guard.NaNGradientInjector"
     diverged = _train(
         ["experiment=depth_sweep", "hydra.mode=RUN", "model.norm=postln", "model.depth=4", *TINY]
@@ -65,8 +68,10 @@ def sweep(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
 def test_the_sweep_ends_in_a_report_with_every_run(sweep: Path) -> None:
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == [
         "depth=2,norm=deepnorm",
+        "depth=2,norm=nosuchnorm",
         "depth=2,norm=postln",
         "depth=3,norm=deepnorm",
+        "depth=3,norm=nosuchnorm",
         "depth=3,norm=postln",
         "diverged",
     ]
@@ -86,7 +91,9 @@ def test_the_sweep_ends_in_a_report_with_every_run(sweep: Path) -> None:
 
 def test_runs_carry_what_the_report_needs(sweep: Path) -> None:
     runs = {(r.strategy, r.depth): r for r in map(load_run, find_runs([sweep]))}
-    assert set(runs) == {("postln", 2), ("postln", 3), ("deepnorm", 2), ("deepnorm", 3), ("postln", 4)}
+    expected = {("postln", 2), ("postln", 3), ("deepnorm", 2), ("deepnorm", 3), ("postln", 4)}
+    assert set(runs) == expected | {("nosuchnorm", 2), ("nosuchnorm", 3)}
+    assert runs[("nosuchnorm", 2)].verdict == "crashed"
     assert runs[("postln", 4)].status == "diverged" and runs[("postln", 4)].verdict == "diverged"
     ok = runs[("deepnorm", 3)]
     assert ok.status == "finished" and len(ok.curve["loss"]) == 12
