@@ -100,3 +100,10 @@ def test_eval_config_requires_a_checkpoint(make_cfg) -> None:
     from omegaconf import OmegaConf
 
     assert OmegaConf.is_missing(make_cfg("eval", []), "ckpt_path")
+
+
+def test_a_moved_key_says_where_it_went() -> None:
+    with pytest.raises(
+        ConfigError, match=r"^model\.activation_checkpointing: moved to compute\.activation_checkpointing"
+    ):
+        validate_model_config({"activation_checkpointing": True})
