@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 NORMLAB_DATA_MIRROR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 export NORMLAB_DATA_MIRROR
 
-.PHONY: setup train eval test test-fast test-slow lint format bench clean
+.PHONY: setup train eval test test-fast test-slow lint format bench bench-peers clean
 
 setup: $(VENV)/.installed
 
@@ -44,6 +44,10 @@ format: setup
 
 bench: setup  ## speed / memory tables (see benchmarks/README in the main README)
 	$(BIN)/python benchmarks/step_time.py $(ARGS)
+
+bench-peers: setup  ## normlab vs torchscale vs a plain stack, depth 100 and 1000 (about 30 minutes on 2 CPU cores)
+	$(BIN)/pip install --no-deps torchscale==0.3.0 fairscale==0.4.0
+	$(BIN)/python benchmarks/peers.py --depths 100 1000 --rounds 2 --out benchmarks/results/peers $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

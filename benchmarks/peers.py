@@ -51,7 +51,7 @@ VARIANTS = {
 
 
 # --- the three implementations (each runs in its own process) ---------------------------------
-def build_normlab(norm: str, depth: int, variant: str) -> tuple[Any, Any, Any]:
+def build_normlab(norm: str, depth: int, variant: str, device: str = "cpu") -> tuple[Any, Any, Any]:
     import torch
 
     from normlab.config import validate_model_config, validate_optim_config
@@ -66,7 +66,7 @@ def build_normlab(norm: str, depth: int, variant: str) -> tuple[Any, Any, Any]:
         from normlab.distributed import apply_activation_checkpointing
 
         apply_activation_checkpointing(net, mode)
-    net = materialize(net, "cpu", seed=0)
+    net = materialize(net, device, seed=0)
     if options.get("compile_blocks"):
         from normlab.compile import compile_blocks
 
@@ -171,32 +171,41 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(0)
     start = time.perf_counter()
     impl, norm, depth = spec["impl"], spec["norm"], spec["depth"]
+    device = torch.device(spec.get("device", "cpu"))
     if impl.startswith("normlab"):
-        net, forward, optimizer = build_normlab(norm, depth, spec.get("variant", "default"))
+        net, forward, optimizer = build_normlab(norm, depth, spec.get("variant", "default"), str(device))
     elif impl == "torchscale":
         net, forward, optimizer = build_torchscale(norm, depth)
     else:
         net, forward, optimizer = build_plain(norm, depth)
+    if device.type != "cpu" and not impl.startswith("normlab"):  # normlab was built on the device
+        net.to(device)
+        optimizer = type(optimizer)(net.parameters(), lr=1e-4)
+    cuda = device.type == "cuda"
     build_s = time.perf_counter() - start
     net.train()
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, VOCAB, (BATCH, SEQ + 1), generator=g)
-    x, y = ids[:, :-1], ids[:, 1:]
+    x, y = ids[:, :-1].to(device), ids[:, 1:].to(device)
     autocast = spec.get("variant") == "bf16-mixed"
     times, losses = [], []
     for _ in range(spec["warmup"] + spec["steps"]):
+        if cuda:
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             logits = forward(x)
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss))  # a host sync, also on CUDA
         times.append(time.perf_counter() - t0)
-        losses.append(float(loss))
     timed = times[spec["warmup"] :]
     status = Path("/proc/self/status").read_text().splitlines()
     peak = next((int(s.split()[1]) / 1024 for s in status if s.startswith("VmHWM:")), math.nan)
+    if cuda:
+        peak = torch.cuda.max_memory_allocated(device) / 2**20  # the GPU's peak, not the host's
     return {
         **spec,
         "step_s": statistics.median(timed),
@@ -256,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (benchmarks/gpu_check.sh)")
     parser.add_argument("--out", type=Path, help="write <out>.md and <out>.json")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -279,7 +289,13 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     for round_ in range(args.rounds):
         for spec in specs:
-            full = {**spec, "warmup": args.warmup, "steps": args.steps, "round": round_}
+            full = {
+                **spec,
+                "warmup": args.warmup,
+                "steps": args.steps,
+                "round": round_,
+                "device": args.device,
+            }
             run_env = dict(env)
             if spec.get("pythonpath"):
                 run_env["PYTHONPATH"] = spec["pythonpath"]
