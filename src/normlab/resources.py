@@ -31,3 +31,15 @@ def peak_memory_mb(device: torch.device | str | None = None) -> dict[str, float]
     if device is not None and torch.device(device).type == "cuda" and torch.cuda.is_available():
         out["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
+
+
+def reset_peak(device: torch.device | str | None = None) -> None:
+    """Start a new high-water mark: the process peak becomes the current RSS (Linux ``clear_refs``),
+    and CUDA's allocator peak is reset. Several runs in one process (a Hydra sweep) then each report
+    their own peak, not the largest of all earlier ones."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    if device is not None and torch.device(device).type == "cuda" and torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats(device)

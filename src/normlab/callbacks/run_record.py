@@ -33,7 +33,7 @@ from torch import Tensor
 
 from normlab.errors import TrainingDiverged
 from normlab.metrics.spikes import spike_score
-from normlab.resources import peak_memory_mb
+from normlab.resources import peak_memory_mb, reset_peak
 
 log = logging.getLogger("normlab")
 
@@ -70,6 +70,7 @@ class RunRecord(L.Callback):
     # --- recording ----------------------------------------------------------------------------
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last_step = trainer.global_step
+        reset_peak(pl_module.device)  # this run's peak, also when a sweep runs many in one process
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
