@@ -1,0 +1,102 @@
+"""What Lightning and each default callback add to the 1,000-layer step, against the bare step.
+
+    python benchmarks/overhead.py                          # depth 1000, deepnorm, 8 steps per row
+    python benchmarks/overhead.py --depth 100 --steps 20   # quicker
+
+Each row is one ``python train.py model.norm=deepnorm model.depth=1000`` process (d_model 64, 8 x 64
+tokens of the default run's data, vocabulary 8000 as in the bare step, one intra-op thread, no
+validation, no test), with a different set of callbacks; the step time is the median, over the steps
+after the first two,
+of the run record's per-step wall time (``train_curve.csv``: batch start to batch end, i.e. forward,
+backward, clipping, optimizer step and every callback hook of the step). The bare row is
+``benchmarks/peers.py``'s step of the same model (forward, loss, backward, optimizer step; no
+clipping, no Lightning), run in the same invocation. Rows run one after the other, so their ratios
+are comparable; absolute times are not (the machine is shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS = {
+    "Lightning, no callbacks": ["callbacks=none"],
+    "+ divergence guard": [
+        "callbacks=none",
+        "+callbacks.guard._target_=normlab.callbacks.divergence.DivergenceGuard",
+    ],
+    "+ stability monitor (every 100)": [
+        "callbacks=none",
+        "+callbacks.monitor._target_=normlab.callbacks.stability.StabilityMonitor",
+    ],
+    "default callbacks (checkpoint, progress bar, guard, monitor)": [],
+}
+
+
+def bare(depth: int, steps: int) -> float:
+    spec = {"impl": "normlab", "norm": "deepnorm", "depth": depth, "variant": "default"}
+    spec.update(warmup=2, steps=steps, device="cpu")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "peers.py"), "--one", json.dumps(spec)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600, cwd=ROOT).stdout
+    return json.loads(next(ln for ln in out.splitlines() if ln.startswith("ROW "))[4:])["step_s"]
+
+
+def through_train(depth: int, steps: int, extra: list[str], out: Path) -> float:
+    args = [
+        "model.norm=deepnorm",
+        f"model.depth={depth}",
+        "model.pos_encoding=none",
+        "data.tokenizer.vocab_size=8000",  # the bare step's vocabulary
+        f"trainer.max_steps={steps + 2}",
+        "trainer.limit_val_batches=0",
+        "test=false",
+        "compute.threads=1",
+        f"hydra.run.dir={out}",
+        *extra,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "train.py", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=3600
+    )
+    if proc.returncode:
+        raise RuntimeError(proc.stderr.strip().splitlines()[-1])
+    rows = (out / "train_curve.csv").read_text().splitlines()[1:]
+    return statistics.median(float(r.split(",")[3]) for r in rows[2:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--depth", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--out", type=Path, help="write the table to <out>.md")
+    args = parser.parse_args(argv)
+    base = bare(args.depth, args.steps)
+    lines = [
+        f"deepnorm, depth {args.depth}, d_model 64, 8 x 64 tokens, one thread; median of {args.steps} steps",
+        "",
+        "| configuration | step s | vs bare step |",
+        "|---|---:|---:|",
+        f"| bare step (benchmarks/peers.py, no Lightning) | {base:.3f} | 1.00 |",
+    ]
+    print(lines[-1], flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (name, extra) in enumerate(ROWS.items()):
+            step = through_train(args.depth, args.steps, extra, Path(tmp) / f"row{i}")
+            lines.append(f"| {name} | {step:.3f} | {step / base:.2f} |")
+            print(lines[-1], flush=True)
+    if args.out:
+        args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
