@@ -6,10 +6,9 @@
 Each row is one ``python train.py model.norm=deepnorm model.depth=1000`` process (d_model 64, 8 x 64
 tokens of the default run's data, vocabulary 8000 as in the bare step, one intra-op thread, no
 validation, no test), with a different set of callbacks; the step time is the median, over the steps
-after the first two,
-of the run record's per-step wall time (``train_curve.csv``: batch start to batch end, i.e. forward,
-backward, clipping, optimizer step and every callback hook of the step). The bare row is
-``benchmarks/peers.py``'s step of the same model (forward, loss, backward, optimizer step; no
+after the first two, of the run record's per-step wall time (``train_curve.csv``: batch start to
+batch end, i.e. forward, backward, clipping, optimizer step and every callback hook of the step).
+The bare row is ``benchmarks/peers.py``'s step of the same model (forward, loss, backward, optimizer step; no
 clipping, no Lightning), run in the same invocation. Rows run one after the other, so their ratios
 are comparable; absolute times are not (the machine is shared).
 """
