@@ -137,3 +137,19 @@ def test_depth_1000_deepnorm_from_the_command_line(tmp_path: Path) -> None:
 def test_help_works_for_every_entry_point(args: list[str], expect: str) -> None:
     proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and expect in proc.stdout, proc.stderr[-1000:]
+
+
+def test_train_log_has_the_constants_and_progress_lines(tmp_path: Path) -> None:
+    """The job log carries the start-of-run constants and a progress line every 50 steps."""
+    args = ["train.py", "experiment=debug", "trainer.max_steps=60", "test=false", f"paths.log_dir={tmp_path}"]
+    args.append("run_id=log")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = (tmp_path / "debug" / "runs" / "log" / "train.log").read_text()
+    assert "norm strategy: preln  (arch=decoder, N=0, M=2)" in text and "decoder: final_norm=True" in text
+    progress = [line for line in text.splitlines() if "] - step 50/60  loss " in line]
+    assert len(progress) == 1 and " s/step" in progress[0] and "lr " in progress[0]
+    assert "spike score" in text

@@ -107,8 +107,10 @@ def test_padding_does_not_change_encoder_outputs_of_real_tokens() -> None:
     torch.testing.assert_close(out_padded, out_short, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["full", "selective"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_activation_checkpointing_gives_identical_gradients(arch: str) -> None:
+def test_activation_checkpointing_gives_identical_gradients(arch: str, mode: str) -> None:
+    """Full and selective recompute (compute.activation_checkpointing) change memory, not numbers."""
     cfg = validate_model_config(
         {
             "arch": arch,
@@ -121,7 +123,7 @@ def test_activation_checkpointing_gives_identical_gradients(arch: str) -> None:
         }
     )
     plain = materialize(build_model(cfg, V), "cpu", seed=5)
-    ckpt = apply_activation_checkpointing(build_model(cfg, V))
+    ckpt = apply_activation_checkpointing(build_model(cfg, V), mode)
     materialize(ckpt, "cpu", seed=5)
     ids = torch.randint(0, V, (2, 8))
     for model in (plain, ckpt):

@@ -12,9 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from normlab.config import validate_model_config
 from normlab.errors import ConfigError
-from normlab.models.init import build_model, materialize
 from normlab.norms.base import Site
 from normlab.norms.branchnorm import (
     BranchRampResidual,
@@ -23,28 +21,21 @@ from normlab.norms.branchnorm import (
     branchnorm_ramp,
 )
 from normlab.norms.registry import build_strategy, get_strategy_class
+from tests.model_helpers import forward, tiny_config, tiny_model
 
 ARCHS = ["decoder", "encoder", "encoder_decoder"]
 V = 50
 
 
 def _cfg(norm: str = "branchnorm", arch: str = "decoder", depth: int = 4, **extra):
-    return validate_model_config(
-        {"arch": arch, "norm": norm, "depth": depth, "d_model": 32, "n_heads": 4, "d_ffn": 64, **extra}
-    )
+    return tiny_config(norm, arch, depth, **extra)
 
 
 def _model(norm: str = "branchnorm", arch: str = "decoder", depth: int = 4, seed: int = 0, **extra):
-    return materialize(build_model(_cfg(norm, arch, depth, **extra), vocab_size=V), "cpu", seed=seed)
+    return tiny_model(norm, arch, depth, seed, vocab=V, **extra)
 
 
-def _run(model, arch: str, ids: torch.Tensor) -> torch.Tensor:
-    mask = torch.ones_like(ids, dtype=torch.bool)
-    if arch == "decoder":
-        return model(ids)
-    if arch == "encoder":
-        return model(ids, mask)
-    return model(ids, mask, ids[:, :5])
+_run = forward
 
 
 STANDARDIZE = {"form": "standardize"}

@@ -9,32 +9,23 @@ import math
 import pytest
 import torch
 
-from normlab.config import validate_model_config
 from normlab.errors import ConfigError
-from normlab.models.init import build_model, materialize
 from normlab.norms.registry import build_strategy
+from tests.model_helpers import forward, tiny_config, tiny_model
 
 ARCHS = ["decoder", "encoder", "encoder_decoder"]
 V = 40
 
 
 def _cfg(norm: str = "lns", arch: str = "decoder", depth: int = 4, **extra):
-    return validate_model_config(
-        {"arch": arch, "norm": norm, "depth": depth, "d_model": 16, "n_heads": 2, "d_ffn": 32, **extra}
-    )
+    return tiny_config(norm, arch, depth, **{"d_model": 16, "n_heads": 2, "d_ffn": 32, **extra})
 
 
 def _model(norm: str = "lns", arch: str = "decoder", depth: int = 4, seed: int = 0, **extra):
-    return materialize(build_model(_cfg(norm, arch, depth, **extra), vocab_size=V), "cpu", seed=seed)
+    return tiny_model(norm, arch, depth, seed, vocab=V, **{"d_model": 16, "n_heads": 2, "d_ffn": 32, **extra})
 
 
-def _run(model, arch: str, ids: torch.Tensor) -> torch.Tensor:
-    mask = torch.ones_like(ids, dtype=torch.bool)
-    if arch == "decoder":
-        return model(ids)
-    if arch == "encoder":
-        return model(ids, mask)
-    return model(ids, mask, ids[:, :5])
+_run = forward
 
 
 @pytest.mark.parametrize("arch", ARCHS)

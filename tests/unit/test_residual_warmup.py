@@ -15,13 +15,12 @@ import pytest
 import torch
 from torch import nn
 
-from normlab.config import validate_model_config
 from normlab.description import format_description, model_description
 from normlab.errors import ConfigError
-from normlab.models.init import build_model, materialize
 from normlab.models.warmup import WarmupSchedule, prores_alpha, warmup_end
 from normlab.norms import registered_names
 from normlab.norms.base import Residual
+from tests.model_helpers import forward, tiny_config, tiny_model
 
 ARCHS = ["decoder", "encoder", "encoder_decoder"]
 V = 40
@@ -125,23 +124,18 @@ def test_starts_at_zero_and_ends_at_one(schedule: str) -> None:
 
 
 def _cfg(norm: str, arch: str, warmup: dict | None, depth: int = 4, **extra):
-    return validate_model_config(
-        {"arch": arch, "norm": norm, "depth": depth, "d_model": 16, "n_heads": 2, "d_ffn": 32, **extra}
-        | ({"residual_warmup": warmup} if warmup else {})
-    )
+    small = {"d_model": 16, "n_heads": 2, "d_ffn": 32, **extra}
+    return tiny_config(norm, arch, depth, **small, **({"residual_warmup": warmup} if warmup else {}))
 
 
 def _model(norm: str, arch: str, warmup: dict | None = None, seed: int = 0, **extra) -> nn.Module:
-    return materialize(build_model(_cfg(norm, arch, warmup, **extra), vocab_size=V), "cpu", seed=seed)
+    small = {"d_model": 16, "n_heads": 2, "d_ffn": 32, **extra}
+    return tiny_model(
+        norm, arch, seed=seed, vocab=V, **small, **({"residual_warmup": warmup} if warmup else {})
+    )
 
 
-def _run(model: nn.Module, arch: str, ids: torch.Tensor) -> torch.Tensor:
-    mask = torch.ones_like(ids, dtype=torch.bool)
-    if arch == "decoder":
-        return model(ids)
-    if arch == "encoder":
-        return model(ids, mask)
-    return model(ids, mask, ids[:, :5])
+_run = forward
 
 
 def _set_step(model: nn.Module, step: int) -> None:

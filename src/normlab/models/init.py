@@ -19,7 +19,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.tensor import distribute_tensor
 
+from normlab.models.transformer import Decoder, Encoder, EncoderDecoder
 from normlab.norms.base import NormStrategy
 from normlab.norms.registry import build_strategy
 
@@ -28,8 +30,6 @@ def build_model(
     cfg: Any, vocab_size: int, n_segments: int = 0, device: str | torch.device = "meta"
 ) -> nn.Module:
     """The architecture named by ``cfg.arch``, on ``device`` (meta: no memory, no init)."""
-    from normlab.models.transformer import Decoder, Encoder, EncoderDecoder
-
     with torch.device(device):
         strategy = build_strategy(cfg)
         if cfg.arch == "decoder":
@@ -50,8 +50,6 @@ def _assign(param: Tensor, value: Tensor) -> None:
     """Copy a full tensor into ``param``; for a DTensor, only this rank's shard is written."""
     value = value.to(dtype=param.dtype)
     if hasattr(param, "device_mesh") and hasattr(param, "placements"):
-        from torch.distributed.tensor import distribute_tensor
-
         value = distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
         param.copy_(value)
     else:

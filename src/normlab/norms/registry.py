@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
+from pathlib import Path
 from typing import Any
 
 from normlab.errors import ConfigError
@@ -38,11 +39,9 @@ def _discover() -> None:
     global _discovered
     if _discovered:
         return
-    import normlab.norms as package
-
-    for info in pkgutil.iter_modules(package.__path__):
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):  # the modules of this package
         if info.name not in _NOT_STRATEGIES and not info.name.startswith("_"):
-            importlib.import_module(f"{package.__name__}.{info.name}")
+            importlib.import_module(f"{__package__}.{info.name}")
     _discovered = True
 
 

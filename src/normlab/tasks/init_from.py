@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.tensor import distribute_tensor
 
 from normlab.checkpoints import CHECKPOINT_KEY, check_same_architecture, read_checkpoint_meta
 from normlab.errors import ConfigError
@@ -109,8 +110,6 @@ def copy_state(module: nn.Module, state: dict[str, Tensor], path: str | Path) ->
             )
         value = value.to(dtype=dest.dtype)
         if hasattr(dest, "device_mesh") and hasattr(dest, "placements"):  # FSDP2 DTensor
-            from torch.distributed.tensor import distribute_tensor
-
             value = distribute_tensor(value.to(dest.device), dest.device_mesh, dest.placements)
         dest.copy_(value)
     return len(target)
