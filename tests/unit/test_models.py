@@ -144,3 +144,46 @@ def test_depth_1000_builds_on_meta_without_storage() -> None:
     assert sum(p.numel() for p in model.parameters()) == 1000 * (
         4 * 32 * 32 + 2 * 32 * 64
     ) + V * 32 + 1000 * (3 * 32 + 32 + 64 + 32 + 4 * 32)  # weights + biases + 2 LayerNorms per layer
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gelu_fc2_step_gives_bit_identical_gradients(threads: int) -> None:
+    """FeedForward's GeluLinear (saves the fc1 output only, recomputes GELU in backward) against the
+    two autograd ops it replaces."""
+    import torch.nn.functional as F
+
+    from normlab.models.feedforward import GeluLinear
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(0)
+        a0, w0 = torch.randn(8, 64, 256, generator=g), 0.05 * torch.randn(64, 256, generator=g)
+        b0, grad = torch.randn(64, generator=g), torch.randn(8, 64, 64, generator=g)
+        results = []
+        for fused in (False, True):
+            a, w, b = (t.clone().requires_grad_() for t in (a0, w0, b0))
+            y = GeluLinear.apply(a, w, b) if fused else F.linear(F.gelu(a), w, b)
+            y.backward(grad)
+            results.append((y.detach(), a.grad, w.grad, b.grad))
+    finally:
+        torch.set_num_threads(before)
+    for plain, fused in zip(*results, strict=True):
+        assert torch.equal(plain, fused)
+
+
+def test_gelu_fc2_step_saves_one_wide_tensor_fewer(monkeypatch) -> None:
+    import normlab.models.feedforward as feedforward
+
+    def wide_activations(model) -> int:
+        params = {p.data_ptr() for p in model.parameters()}
+        saved: list[torch.Tensor] = []
+        ids = torch.randint(0, V, (2, 8))
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            model(ids)
+        return sum(t.numel() == 2 * 8 * 64 and t.data_ptr() not in params for t in saved)  # tokens x d_ffn
+
+    model = make("decoder", "preln", depth=1)
+    fused = wide_activations(model)
+    monkeypatch.setattr(feedforward, "_autocast_on", lambda t: True)  # the two-op path
+    assert (fused, wide_activations(model)) == (1, 2)
