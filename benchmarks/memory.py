@@ -63,9 +63,8 @@ def measure(
     from normlab.config import validate_model_config
     from normlab.distributed import apply_activation_checkpointing
     from normlab.models.init import build_model, materialize
-    from normlab.run import set_flush_denormal
 
-    set_flush_denormal(True)  # as training does by default (flush_denormal: true)
+    torch.set_flush_denormal(True)  # as training does by default (compute.flush_denormal)
     torch.manual_seed(0)
     cfg = validate_model_config(
         {
@@ -74,12 +73,11 @@ def measure(
             "d_model": d_model,
             "n_heads": n_heads,
             "d_ffn": d_ffn,
-            "activation_checkpointing": variant == "ac",
         }
     )
     model = build_model(cfg, args.vocab)
-    if cfg.activation_checkpointing:
-        apply_activation_checkpointing(model)
+    if variant == "ac":
+        apply_activation_checkpointing(model, "full")
     materialize(model, "cpu", seed=0)
     if variant == "bf16-true":
         model = model.to(torch.bfloat16)

@@ -37,10 +37,9 @@ def measure(norm: str, depth: int, variant: str, args: argparse.Namespace) -> di
     from normlab.config import validate_model_config
     from normlab.distributed import apply_activation_checkpointing
     from normlab.models.init import build_model, materialize
-    from normlab.run import set_flush_denormal
 
     torch.manual_seed(0)
-    set_flush_denormal(not args.keep_denormals)  # as training does by default
+    torch.set_flush_denormal(not args.keep_denormals)  # as training does by default
     cfg = validate_model_config(
         {
             "norm": norm,
@@ -48,13 +47,12 @@ def measure(norm: str, depth: int, variant: str, args: argparse.Namespace) -> di
             "d_model": args.d_model,
             "n_heads": args.heads,
             "d_ffn": 4 * args.d_model,
-            "activation_checkpointing": variant == "ac",
         }
     )
     t0 = time.perf_counter()
     model = build_model(cfg, args.vocab)
-    if cfg.activation_checkpointing:
-        apply_activation_checkpointing(model)
+    if variant == "ac":
+        apply_activation_checkpointing(model, "full")
     materialize(model, "cpu", seed=0)
     build_s = time.perf_counter() - t0
     if variant == "bf16-true":
