@@ -1,7 +1,7 @@
 """What Lightning and each default callback add to the 1,000-layer step, against the bare step.
 
-    python benchmarks/overhead.py                          # depth 1000, deepnorm, 8 steps per row
-    python benchmarks/overhead.py --depth 100 --steps 20   # quicker
+    python benchmarks/overhead.py                          # depth 1000, deepnorm, 8 steps, 2 rounds
+    python benchmarks/overhead.py --depth 100 --steps 20 --rounds 1   # quicker
 
 Each row is one ``python train.py model.norm=deepnorm model.depth=1000`` process (d_model 64, 8 x 64
 tokens of the default run's data, vocabulary 8000 as in the bare step, one intra-op thread, no
@@ -9,8 +9,8 @@ validation, no test), with a different set of callbacks; the step time is the me
 after the first two, of the run record's per-step wall time (``train_curve.csv``: batch start to
 batch end, i.e. forward, backward, clipping, optimizer step and every callback hook of the step).
 The bare row is ``benchmarks/peers.py``'s step of the same model (forward, loss, backward, optimizer step; no
-clipping, no Lightning), run in the same invocation. Rows run one after the other, so their ratios
-are comparable; absolute times are not (the machine is shared).
+clipping, no Lightning). All rows run one after the other in each of ``--rounds`` interleaved rounds,
+so their ratios are comparable; absolute times are not (the machine is shared).
 """
 
 from __future__ import annotations
@@ -25,17 +25,19 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+NO_CLIP = "trainer.gradient_clip_val=null"
 ROWS = {
-    "Lightning, no callbacks": ["callbacks=none"],
+    "Lightning, no callbacks, no clipping": ["callbacks=none", NO_CLIP],
+    "+ gradient clipping 1.0 (the default)": ["callbacks=none"],
     "+ divergence guard": [
         "callbacks=none",
         "+callbacks.guard._target_=normlab.callbacks.divergence.DivergenceGuard",
     ],
-    "+ stability monitor (every 100)": [
+    "+ stability monitor": [
         "callbacks=none",
         "+callbacks.monitor._target_=normlab.callbacks.stability.StabilityMonitor",
     ],
-    "default callbacks (checkpoint, progress bar, guard, monitor)": [],
+    "default callbacks (checkpoint, progress bar, guard, monitor), clipping": [],
 }
 
 
@@ -48,7 +50,7 @@ def bare(depth: int, steps: int) -> float:
     return json.loads(next(ln for ln in out.splitlines() if ln.startswith("ROW "))[4:])["step_s"]
 
 
-def through_train(depth: int, steps: int, extra: list[str], out: Path) -> float:
+def through_train(depth: int, steps: int, extra: list[str], out: Path) -> list[float]:
     args = [
         "model.norm=deepnorm",
         f"model.depth={depth}",
@@ -68,31 +70,49 @@ def through_train(depth: int, steps: int, extra: list[str], out: Path) -> float:
     if proc.returncode:
         raise RuntimeError(proc.stderr.strip().splitlines()[-1])
     rows = (out / "train_curve.csv").read_text().splitlines()[1:]
-    return statistics.median(float(r.split(",")[3]) for r in rows[2:])
+    return [float(r.split(",")[3]) for r in rows[2:]]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--depth", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, help="write the table to <out>.md")
     args = parser.parse_args(argv)
-    base = bare(args.depth, args.steps)
-    lines = [
-        f"deepnorm, depth {args.depth}, d_model 64, 8 x 64 tokens, one thread; median of {args.steps} steps",
-        "",
-        "| configuration | step s | vs bare step |",
-        "|---|---:|---:|",
-        f"| bare step (benchmarks/peers.py, no Lightning) | {base:.3f} | 1.00 |",
-    ]
-    print(lines[-1], flush=True)
+    bares: list[float] = []
+    per_row: dict[str, list[float]] = {name: [] for name in ROWS}
+    slowest: dict[str, float] = dict.fromkeys(ROWS, 0.0)
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (name, extra) in enumerate(ROWS.items()):
-            step = through_train(args.depth, args.steps, extra, Path(tmp) / f"row{i}")
-            lines.append(f"| {name} | {step:.3f} | {step / base:.2f} |")
-            print(lines[-1], flush=True)
+        for round_ in range(args.rounds):  # interleaved: every row sees the same machine load
+            bares.append(bare(args.depth, args.steps))
+            print(f"[overhead] round {round_} bare step: {bares[-1]:.3f} s", flush=True)
+            for i, (name, extra) in enumerate(ROWS.items()):
+                steps = through_train(args.depth, args.steps, extra, Path(tmp) / f"r{round_}-{i}")
+                per_row[name].append(statistics.median(steps))
+                slowest[name] = max(slowest[name], *steps)
+                print(f"[overhead] round {round_} {name}: {per_row[name][-1]:.3f} s", flush=True)
+    base = statistics.median(bares)
+    lines = [
+        f"deepnorm, depth {args.depth}, d_model 64, 8 x 64 tokens, one thread; per round the median of "
+        f"{args.steps} steps after two warm-up steps, then the median over {args.rounds} interleaved "
+        "rounds. 'slowest step' shows what a measuring step of a callback costs (the stability monitor "
+        "measures at steps 0, 1, 2, 3, 5, 10, 20, 50, 100, then every 100).",
+        "",
+        "| configuration | step s | per round | vs bare step | slowest step s |",
+        "|---|---:|---|---:|---:|",
+        f"| bare step (benchmarks/peers.py: forward, loss, backward, AdamW; no Lightning) | {base:.3f} | "
+        f"{', '.join(f'{b:.3f}' for b in bares)} | 1.00 | |",
+    ]
+    results: dict[str, object] = {"depth": args.depth, "bare_s": bares}
+    for name, medians in per_row.items():
+        step = statistics.median(medians)
+        results[name] = {"step_s": medians, "slowest_s": slowest[name]}
+        rounds = ", ".join(f"{m:.3f}" for m in medians)
+        lines.append(f"| {name} | {step:.3f} | {rounds} | {step / base:.3f} | {slowest[name]:.3f} |")
     if args.out:
         args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+        args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -166,7 +166,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     from_path = spec.get("pythonpath")
     if from_path:
         sys.path.insert(0, from_path)
-    torch.set_num_threads(1)
+    if spec.get("threads", 1):  # 0: torch's default (all cores), as benchmarks/threads.py compares
+        torch.set_num_threads(spec.get("threads", 1))
     torch.set_flush_denormal(True)
     torch.manual_seed(0)
     start = time.perf_counter()

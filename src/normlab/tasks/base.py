@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torch import nn
 
 from normlab.callbacks.run_record import RunRecord
@@ -42,7 +43,12 @@ def global_grad_norm(module: nn.Module) -> torch.Tensor | None:
     """The 2-norm of all gradients of ``module`` (over every shard), or None before any backward.
 
     A 0-d tensor on the gradients' device, so logging it does not force a host sync."""
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    return grad_norm_of(list(module.parameters()))
+
+
+def grad_norm_of(params: list[nn.Parameter]) -> torch.Tensor | None:
+    """The 2-norm of the gradients of ``params`` (reduced over FSDP2 shards), or None if none has one."""
+    grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return None
     norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
@@ -119,6 +125,7 @@ class TransformerTask(L.LightningModule):
         self.tokenizer_json: str | None = None  # set by the run; embedded in checkpoints
         self._scheduled: list[ProgressDriven] = []
         self._grad_norm_cache: tuple[int, torch.Tensor | None] | None = None
+        self._trainable: list[nn.Parameter] | None = None  # listed once per fit (1000 layers: ~16k tensors)
         self._own_callbacks: list[L.Callback] = []
 
     # --- model ------------------------------------------------------------------------------
@@ -187,21 +194,54 @@ class TransformerTask(L.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
         }
 
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters that get gradients, listed once per fit: walking a 1,000-layer module tree
+        costs about 3% of a step, and the list is needed every step (norm, clipping). In the
+        optimizer's order when there is one, the order Lightning's clipping sums the norm in, so that
+        the clip below is bit-identical to Lightning's."""
+        if self._trainable is None:
+            trainer = self._trainer
+            groups = [g for opt in trainer.optimizers for g in opt.param_groups] if trainer else []
+            listed = [p for g in groups for p in g["params"]] or list(self.parameters())
+            self._trainable = [p for p in listed if p.requires_grad]
+        return self._trainable
+
+    def on_fit_start(self) -> None:
+        self._trainable = None  # configure_model / FSDP2 may have replaced the parameters since
+
     def step_grad_norm(self) -> torch.Tensor | None:
         """The global gradient norm of the current optimizer step (before clipping), computed once
-        per step however many callbacks ask (divergence guard, run record, the log below)."""
+        per step however many ask (divergence guard, run record, the log below, clipping)."""
         step = self.trainer.global_step
         if self._grad_norm_cache is None or self._grad_norm_cache[0] != step:
-            self._grad_norm_cache = (step, global_grad_norm(self))
+            self._grad_norm_cache = (step, grad_norm_of(self.trainable_parameters()))
         return self._grad_norm_cache[1]
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         norm = self.step_grad_norm()
-        self._grad_norm_cache = None  # the next step's gradients are new ones
         if norm is not None:
             self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
         # the learning rate of this step (a Python float: no device sync), with or without a logger
         self.log("train/lr", float(optimizer.param_groups[0]["lr"]), on_step=True, on_epoch=False)
+
+    def on_before_zero_grad(self, optimizer: torch.optim.Optimizer) -> None:
+        self._grad_norm_cache = None  # the step is taken: the next gradients are new ones
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip by global norm with the norm this step already computed (Lightning's default
+        computes it a second time). Same result as ``torch.nn.utils.clip_grad_norm_`` (tested);
+        value clipping and sharded gradients (FSDP) take Lightning's own path."""
+        replicated = isinstance(self._trainer_strategy(), (SingleDeviceStrategy, DDPStrategy))
+        if not gradient_clip_val or gradient_clip_algorithm not in (None, "norm") or not replicated:
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        norm = self.step_grad_norm()
+        if norm is not None:
+            torch.nn.utils.clip_grads_with_norm_(self.trainable_parameters(), gradient_clip_val, norm)
 
     # --- checkpoints ------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -217,8 +257,9 @@ def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     """AdamW over ``module``'s trainable parameters, weight decay on matrices only.
 
     Implementation: ``foreach`` (multi-tensor) by default, bit-identical to the per-parameter loop on
-    the CPU (tests/unit/test_optimizer.py) and about 1.5x faster there; ``optim.fused=true`` is torch's
-    fused kernel (faster still, not bit-identical, so opt-in). Under FSDP2 (DTensor parameters) both are
+    the CPU (tests/unit/test_optimizer.py); it is what makes GPU steps fast, while on the CPU it only
+    helps small models (README "Benchmarks": ``benchmarks/optimizer_step.py``). ``optim.fused=true`` is
+    torch's fused kernel (several times faster on the CPU too, not bit-identical, so opt-in). Under FSDP2 (DTensor parameters) both are
     off: foreach/fused AdamW on DTensors pays a first step that grows much faster than the parameter
     count (docs: README "Scale"), so the plain loop stays the FSDP2 default.
     """

@@ -1,0 +1,81 @@
+"""Clipping by global norm reuses the step's gradient norm (computed once for the guard, the run
+record, the log and the clip) and gives bit-identical training to Lightning's own clipping, which
+computes the norm a second time: same weights after clipped steps, same pre-clip norm."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from normlab.tasks.lm import LanguageModelTask
+
+MODEL = {"norm": "deepnorm", "depth": 3, "d_model": 32, "n_heads": 4, "d_ffn": 64, "pos_encoding": "none"}
+VOCAB = 50
+
+
+class LightningClipping(LanguageModelTask):
+    """The task with Lightning's default clipping hook (norm recomputed by clip_grad_norm_)."""
+
+    configure_gradient_clipping = L.LightningModule.configure_gradient_clipping
+
+
+class NormRecorder(L.Callback):
+    def __init__(self) -> None:
+        self.norms: list[float] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.norms.append(float(pl_module.step_grad_norm()))
+
+
+def _batches() -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(0, VOCAB, (6, 4, 9), generator=g)
+    return [{"input_ids": x[:, :-1], "labels": x[:, 1:]} for x in ids]
+
+
+def _fit(task_class: type, clip: float | None, algorithm: str | None = None) -> tuple[torch.Tensor, list]:
+    torch.manual_seed(0)
+    task = task_class(model=MODEL, optim={"lr": 1e-2, "warmup_steps": 0}, vocab_size=VOCAB, seed=0)
+    recorder = NormRecorder()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=6,
+        gradient_clip_val=clip,
+        gradient_clip_algorithm=algorithm,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[recorder],
+    )
+    trainer.fit(task, DataLoader(_batches(), batch_size=None))
+    return torch.cat([p.detach().flatten() for p in task.parameters()]), recorder.norms
+
+
+@pytest.mark.parametrize("clip", [0.05, 1.0])
+def test_clipping_with_the_cached_norm_equals_lightnings(clip: float) -> None:
+    ours, norms = _fit(LanguageModelTask, clip)
+    theirs, their_norms = _fit(LightningClipping, clip)
+    assert torch.equal(ours, theirs) and norms == their_norms  # bit-identical
+    if clip == 0.05:  # the norm is above the threshold, so clipping really acted
+        assert min(norms) > clip
+        unclipped, _ = _fit(LanguageModelTask, None)
+        assert not torch.allclose(ours, unclipped, rtol=1e-4, atol=1e-5)
+
+
+def test_value_clipping_takes_lightnings_path() -> None:
+    ours, _ = _fit(LanguageModelTask, 0.001, "value")
+    theirs, _ = _fit(LightningClipping, 0.001, "value")
+    assert torch.equal(ours, theirs)
+
+
+def test_the_parameter_list_is_built_once_per_fit() -> None:
+    task = LanguageModelTask(model=MODEL, optim={}, vocab_size=VOCAB, seed=0)
+    task.configure_model()
+    first = task.trainable_parameters()
+    assert task.trainable_parameters() is first
+    assert len(first) == len([p for p in task.parameters() if p.requires_grad])
+    task.on_fit_start()
+    assert task.trainable_parameters() is not first
