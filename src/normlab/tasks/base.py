@@ -259,9 +259,10 @@ def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     Implementation: ``foreach`` (multi-tensor) by default, bit-identical to the per-parameter loop on
     the CPU (tests/unit/test_optimizer.py); it is what makes GPU steps fast, while on the CPU it only
     helps small models (README "Benchmarks": ``benchmarks/optimizer_step.py``). ``optim.fused=true`` is
-    torch's fused kernel (several times faster on the CPU too, not bit-identical, so opt-in). Under FSDP2 (DTensor parameters) both are
-    off: foreach/fused AdamW on DTensors pays a first step that grows much faster than the parameter
-    count (docs: README "Scale"), so the plain loop stays the FSDP2 default.
+    torch's fused kernel (several times faster on the CPU too, not bit-identical, so opt-in). Under
+    FSDP2 (DTensor parameters) both are off: foreach/fused AdamW on DTensors pays a first step that
+    grows much faster than the parameter count (README "Scale"), so the plain loop stays the FSDP2
+    default.
     """
     params = [p for p in module.parameters() if p.requires_grad]
     groups = [
