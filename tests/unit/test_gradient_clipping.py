@@ -4,6 +4,8 @@ computes the norm a second time: same weights after clipped steps, same pre-clip
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import pytest
 import torch
@@ -35,12 +37,15 @@ def _batches() -> list[dict[str, torch.Tensor]]:
     return [{"input_ids": x[:, :-1], "labels": x[:, 1:]} for x in ids]
 
 
-def _fit(task_class: type, clip: float | None, algorithm: str | None = None) -> tuple[torch.Tensor, list]:
+def _fit(
+    root: Path, task_class: type, clip: float | None, algorithm: str | None = None
+) -> tuple[torch.Tensor, list]:
     torch.manual_seed(0)
     task = task_class(model=MODEL, optim={"lr": 1e-2, "warmup_steps": 0}, vocab_size=VOCAB, seed=0)
     recorder = NormRecorder()
     trainer = L.Trainer(
         accelerator="cpu",
+        default_root_dir=root,  # the run record writes metrics.json there
         max_steps=6,
         gradient_clip_val=clip,
         gradient_clip_algorithm=algorithm,
@@ -55,19 +60,19 @@ def _fit(task_class: type, clip: float | None, algorithm: str | None = None) -> 
 
 
 @pytest.mark.parametrize("clip", [0.05, 1.0])
-def test_clipping_with_the_cached_norm_equals_lightnings(clip: float) -> None:
-    ours, norms = _fit(LanguageModelTask, clip)
-    theirs, their_norms = _fit(LightningClipping, clip)
+def test_clipping_with_the_cached_norm_equals_lightnings(tmp_path: Path, clip: float) -> None:
+    ours, norms = _fit(tmp_path / "ours", LanguageModelTask, clip)
+    theirs, their_norms = _fit(tmp_path / "lightning", LightningClipping, clip)
     assert torch.equal(ours, theirs) and norms == their_norms  # bit-identical
     if clip == 0.05:  # the norm is above the threshold, so clipping really acted
         assert min(norms) > clip
-        unclipped, _ = _fit(LanguageModelTask, None)
+        unclipped, _ = _fit(tmp_path / "unclipped", LanguageModelTask, None)
         assert not torch.allclose(ours, unclipped, rtol=1e-4, atol=1e-5)
 
 
-def test_value_clipping_takes_lightnings_path() -> None:
-    ours, _ = _fit(LanguageModelTask, 0.001, "value")
-    theirs, _ = _fit(LightningClipping, 0.001, "value")
+def test_value_clipping_takes_lightnings_path(tmp_path: Path) -> None:
+    ours, _ = _fit(tmp_path / "ours", LanguageModelTask, 0.001, "value")
+    theirs, _ = _fit(tmp_path / "lightning", LightningClipping, 0.001, "value")
     assert torch.equal(ours, theirs)
 
 
