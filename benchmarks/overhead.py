@@ -24,6 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from results_io import publish
+
 ROOT = Path(__file__).resolve().parents[1]
 NO_CLIP = "trainer.gradient_clip_val=null"
 ROWS = {
@@ -110,11 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = {"step_s": medians, "slowest_s": slowest[name]}
         rounds = ", ".join(f"{m:.3f}" for m in medians)
         lines.append(f"| {name} | {step:.3f} | {rounds} | {step / base:.3f} | {slowest[name]:.3f} |")
-    if args.out:
-        args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-        args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
-    print("\n".join(lines))
-    return 0
+    return publish(lines, results, args.out)
 
 
 if __name__ == "__main__":

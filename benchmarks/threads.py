@@ -25,6 +25,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from results_io import publish
+
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT / "benchmarks" / "peers.py"
 BATCH = 8
@@ -76,11 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append({"configuration": name, "processes": n, "threads": threads, "step_s": step})
         lines.append(f"| {name} | {step:.3f} | {step / first:.2f} | {n * BATCH / step:.1f} |")
         print(lines[-1], flush=True)
-    if args.out:
-        args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-        args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
-    print("\n".join(lines))
-    return 0
+    return publish(lines, results, args.out)
 
 
 if __name__ == "__main__":

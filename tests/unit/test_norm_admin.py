@@ -14,6 +14,7 @@ from normlab.errors import ConfigError
 from normlab.models.init import build_model, materialize
 from normlab.norms.admin import LearnableOmegaResidual, admin_omega
 from normlab.norms.base import PostNormResidual
+from tests.model_helpers import forward
 
 ARCHS = ["decoder", "encoder", "encoder_decoder"]
 V = 50
@@ -24,15 +25,6 @@ def _model(arch: str, depth: int, seed: int = 0, norm: str = "admin", **extra):
         {"arch": arch, "norm": norm, "depth": depth, "d_model": 32, "n_heads": 4, "d_ffn": 64, **extra}
     )
     return materialize(build_model(cfg, vocab_size=V), "cpu", seed=seed)
-
-
-def _forward(model, arch: str, ids: torch.Tensor) -> torch.Tensor:
-    mask = torch.ones_like(ids, dtype=torch.bool)
-    if arch == "decoder":
-        return model(ids)
-    if arch == "encoder":
-        return model(ids, mask)
-    return model(ids, mask, ids[:, :5])
 
 
 def _stacks(model):
@@ -94,7 +86,7 @@ def test_omega_one_is_exactly_post_ln(arch: str) -> None:
     sa, sp = admin.state_dict(), post.state_dict()
     assert list(sa) == list(sp) and all(torch.equal(sa[k], sp[k]) for k in sa)
     ids = torch.randint(0, V, (2, 9))
-    assert torch.equal(_forward(admin, arch, ids), _forward(post, arch, ids))
+    assert torch.equal(forward(admin, arch, ids), forward(post, arch, ids))
 
 
 def test_block_outputs_are_normalised_and_differ_from_post_ln() -> None:
@@ -123,8 +115,8 @@ def test_learnable_omega_vector(arch: str) -> None:
                 assert res.omega.shape == (32,)
                 assert torch.allclose(res.omega, torch.full((32,), omega))
     ids = torch.randint(0, V, (2, 9))
-    out = _forward(learn, arch, ids)
-    torch.testing.assert_close(out, _forward(const, arch, ids), atol=1e-5, rtol=1e-5)
+    out = forward(learn, arch, ids)
+    torch.testing.assert_close(out, forward(const, arch, ids), atol=1e-5, rtol=1e-5)
     out.pow(2).mean().backward()
     first = _residuals(_stacks(learn)[0].layers[0])[0]
     assert first.omega.grad is not None and first.omega.grad.abs().sum().item() > 0

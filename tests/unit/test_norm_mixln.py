@@ -12,6 +12,7 @@ from normlab.errors import ConfigError
 from normlab.models.init import build_model, materialize
 from normlab.norms.base import PostNormResidual, PreNormResidual
 from normlab.norms.mixln import post_ln_layers
+from tests.model_helpers import forward
 
 ARCHS = ["decoder", "encoder", "encoder_decoder"]
 V = 50
@@ -80,15 +81,6 @@ def test_alpha_is_floored_exactly() -> None:
     assert post_ln_layers(1.0, 5) == 5 and post_ln_layers(0.0, 5) == 0
 
 
-def _forward(model, arch: str, ids: torch.Tensor) -> torch.Tensor:
-    mask = torch.ones_like(ids, dtype=torch.bool)
-    if arch == "decoder":
-        return model(ids)
-    if arch == "encoder":
-        return model(ids, mask)
-    return model(ids, mask, ids[:, :5])
-
-
 @pytest.mark.parametrize("arch", ARCHS)
 def test_alpha_zero_is_pre_ln_and_alpha_one_is_post_ln(arch: str) -> None:
     ids = torch.randint(0, V, (2, 9))
@@ -97,7 +89,7 @@ def test_alpha_zero_is_pre_ln_and_alpha_one_is_post_ln(arch: str) -> None:
         base = _model(arch, 4, seed=4, norm=ref)
         sm, sb = mix.state_dict(), base.state_dict()
         assert list(sm) == list(sb) and all(torch.equal(sm[k], sb[k]) for k in sm)
-        assert torch.equal(_forward(mix, arch, ids), _forward(base, arch, ids))
+        assert torch.equal(forward(mix, arch, ids), forward(base, arch, ids))
         for stack in _stacks(mix):
             assert (stack.final_norm is None) == (alpha == 1.0)
 

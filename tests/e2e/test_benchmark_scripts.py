@@ -1,0 +1,50 @@
+"""The benchmark scripts still run (they are not timed here: speed is never asserted in tests).
+
+A smoke run of ``benchmarks/peers.py`` at depth 2 for normlab and the plain stack, with one normlab
+variant, and of ``benchmarks/optimizer_step.py``: both finish, write the table they promise, and the
+models they compare have the same parameter count (the peers' premise: the same model)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def _run(args: list[str]) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_peers_benchmark_runs_and_compares_equal_models(tmp_path: Path) -> None:
+    out = tmp_path / "peers"
+    args = ["benchmarks/peers.py", "--depths", "2", "--norms", "deepnorm", "--impls", "normlab", "plain"]
+    _run(
+        [*args, "--variants", "ac-full", "--rounds", "1", "--warmup", "1", "--steps", "1", "--out", str(out)]
+    )
+    rows = json.loads(out.with_suffix(".json").read_text())
+    assert {(r["impl"], r["variant"]) for r in rows} == {
+        ("normlab", "default"),
+        ("plain", "default"),
+        ("normlab", "ac-full"),
+    }
+    assert len({r["params_m"] for r in rows}) == 1, rows  # the same model in every row
+    assert all(r["step_s"] > 0 and r["peak_mb"] > 0 for r in rows)
+    assert "| plain | deepnorm | 2 |" in out.with_suffix(".md").read_text()
+
+
+def test_optimizer_step_benchmark_runs() -> None:
+    table = _run(["benchmarks/optimizer_step.py", "--depth", "2", "--steps", "1"])
+    for name in ("| loop |", "| foreach (default) |", "| fused |", "clip to norm 1.0"):
+        assert name in table
