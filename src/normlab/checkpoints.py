@@ -26,6 +26,7 @@ import os
 import pickle
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,10 @@ def is_sharded_checkpoint(path: Any) -> bool:
 def safe_load(path: Path, key: str) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU, with one-line errors naming ``key``."""
     try:
-        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)), warnings.catch_warnings():
+            # bytes that are not a torch zip go to the legacy unpickler, which warns about the
+            # "pickle protocol" of whatever the first bytes say; the error below is the one line
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             return torch.load(str(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ConfigError(f"{key}: {path} does not exist; pass a checkpoint written by train.py") from None
@@ -79,7 +83,9 @@ def safe_load(path: Path, key: str) -> Any:
                 "checkpoints with weights_only=True and refuses it (re-save the weights as plain tensors)"
             ) from None
         raise ConfigError(f"{key}: {path} is not a readable checkpoint ({_reason(err)})") from None
-    except (RuntimeError, EOFError, ValueError, OSError) as err:
+    except Exception as err:  # noqa: BLE001 - corrupt bytes make the unpickler fail in any way
+        # (EOFError, RuntimeError, ValueError, OSError, and IndexError / KeyError from its stack
+        # and memo on random bytes): to the user they all mean the same thing
         raise ConfigError(f"{key}: {path} is not a readable checkpoint ({_reason(err)})") from None
 
 
@@ -87,6 +93,8 @@ def _reason(err: BaseException) -> str:
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     if isinstance(err, EOFError) or "empty" in text.lower():
         return "empty or truncated file"
+    if isinstance(err, (IndexError, KeyError)):  # the unpickler's stack or memo, on garbage
+        return "corrupt: neither a torch zip archive nor a pickle"
     if "central directory" in text or "PytorchStreamReader" in text or "zip archive" in text:
         return "truncated or corrupt: not a complete torch zip archive"
     return f"corrupt: {text[:120]}"

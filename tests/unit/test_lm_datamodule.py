@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import random
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -103,6 +105,29 @@ def test_second_run_uses_caches(dm: LMDataModule, data_root: Path, monkeypatch: 
     again.setup()
     assert again.tokenizer.to_json() == dm.tokenizer.to_json()
     assert all(torch.equal(again.ids[s], dm.ids[s]) for s in ("train", "val", "test"))
+
+
+@pytest.mark.parametrize("damage", ["random", "truncated", "empty", "not_a_tensor"])
+def test_a_damaged_id_cache_is_encoded_again_with_a_warning(
+    dm: LMDataModule, data_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
+    shutil.copytree(data_root, tmp_path / "data")
+    (cache,) = (tmp_path / "data" / "tinyshakespeare" / "cache").glob("ids-val-*.pt")
+    good = cache.read_bytes()
+    if damage == "random":
+        cache.write_bytes(bytes(random.Random(15).randrange(256) for _ in range(100)))
+    elif damage == "truncated":
+        cache.write_bytes(good[: len(good) // 2])
+    elif damage == "empty":
+        cache.write_bytes(b"")
+    else:  # readable, but not what the cache holds
+        torch.save({"ids": [1, 2, 3]}, cache)
+    again = LMDataModule(data_dir=str(tmp_path / "data"), seq_len=SEQ, batch_size=BATCH)
+    with caplog.at_level("WARNING", logger="normlab.data"):
+        again.setup()
+    assert all(torch.equal(again.ids[s], dm.ids[s]) for s in ("train", "val", "test"))
+    assert torch.equal(torch.load(cache, weights_only=True), dm.ids["val"])  # rewritten whole
+    assert "is unreadable" in caplog.text and "encoding the data again" in caplog.text
 
 
 def test_tokenizer_json_gives_identical_ids_without_training(

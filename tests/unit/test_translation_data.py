@@ -157,3 +157,19 @@ def test_long_training_pairs_are_dropped(dm: TranslationDataModule) -> None:
     assert 0 < len(train) < 29000
     assert max(train.src_lengths.max(), train.tgt_lengths.max()) <= 12
     assert len(short.build_split("val")) == 1014  # evaluation splits are never filtered
+
+
+@pytest.mark.slow
+def test_a_damaged_id_cache_is_encoded_again_with_a_warning(
+    dm: TranslationDataModule, caplog: pytest.LogCaptureFixture
+) -> None:
+    (cache,) = dm.cache_dir.glob(f"ids-{dm.split_file('val', dm.src_lang)}-*-{dm.tokenizer.digest}.pt")
+    cache.write_bytes(cache.read_bytes()[:100])  # a copy cut short
+    again = TranslationDataModule(
+        data_dir=str(dm.data_dir), max_tokens=MAX_TOKENS, seed=7, tokenizer={"vocab_size": VOCAB}
+    )
+    with caplog.at_level("WARNING", logger="normlab.data"):
+        val = again.build_split("val")
+    assert "is unreadable" in caplog.text and str(cache) in caplog.text
+    assert val.src == dm.datasets["val"].src and val.tgt == dm.datasets["val"].tgt
+    assert torch.load(cache, weights_only=True)["ids"].numel() == sum(len(x) for x in val.src)

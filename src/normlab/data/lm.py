@@ -23,7 +23,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from normlab.data.base import SplitDataModule, check_min, check_splits
-from normlab.data.sources import DATASETS, atomic_output, ensure_dataset
+from normlab.data.id_cache import is_id_tensor, read_id_cache, write_id_cache
+from normlab.data.sources import DATASETS, ensure_dataset
 from normlab.data.tokenizer import TextTokenizer, TokenizerSettings, split_corpus, train_or_load
 from normlab.errors import ConfigError
 
@@ -181,14 +182,14 @@ class LMDataModule(SplitDataModule):
         tok = self.prepare_tokenizer()
         key = hashlib.sha256(self.fingerprint.encode()).hexdigest()[:12]
         paths = {s: self.cache_dir / f"ids-{s}-{tok.digest}-{key}.pt" for s in SPLITS}
-        if all(p.exists() for p in paths.values()):
-            return {s: torch.load(p, weights_only=True) for s, p in paths.items()}
+        cached = {s: read_id_cache(p, is_id_tensor) for s, p in paths.items()}
+        if all(ids is not None for ids in cached.values()):
+            return cached
         texts = self.split_texts()
         out = {}
         for split, path in paths.items():
             out[split] = torch.tensor(tok.encode_corpus(texts[split]), dtype=torch.long)
-            with atomic_output(path) as tmp:  # a racing rank sees no file or the whole file
-                torch.save(out[split], tmp)
+            write_id_cache(path, out[split])
         return out
 
     # ---- loaders -----------------------------------------------------------------------------

@@ -34,8 +34,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from normlab.data.base import SplitDataModule, check_min, check_splits
+from normlab.data.id_cache import is_id_tensor, read_id_cache, write_id_cache
 from normlab.data.lm import unigram_cross_entropy
-from normlab.data.sources import DATASETS, atomic_output, ensure_dataset
+from normlab.data.sources import DATASETS, ensure_dataset
 from normlab.data.tokenizer import (
     SPECIAL_TOKENS,
     TextTokenizer,
@@ -266,14 +267,14 @@ class MLMDataModule(SplitDataModule):
         tok = self.prepare_tokenizer()
         key = hashlib.sha256(self.fingerprint.encode()).hexdigest()[:12]
         paths = {s: self.cache_dir / f"ids-{s}-{tok.digest}-{key}.pt" for s in SPLITS}
-        if all(p.exists() for p in paths.values()):
-            self.ids = {s: torch.load(p, weights_only=True) for s, p in paths.items()}
+        cached = {s: read_id_cache(p, is_id_tensor) for s, p in paths.items()}
+        if all(ids is not None for ids in cached.values()):
+            self.ids = cached
             return self.ids
         texts = self.split_texts()
         for split, path in paths.items():
             self.ids[split] = torch.tensor(tok.encode_corpus(texts[split]), dtype=torch.long)
-            with atomic_output(path) as tmp:  # a racing rank sees no file or the whole file
-                torch.save(self.ids[split], tmp)
+            write_id_cache(path, self.ids[split])
         log.info(
             "mlm data: tokens train/val/test = %s, vocab %d",
             "/".join(str(len(self.ids[s])) for s in SPLITS),

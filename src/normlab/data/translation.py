@@ -33,7 +33,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from normlab.data.base import SplitDataModule, check_min
-from normlab.data.sources import DATASETS, atomic_output, ensure_dataset
+from normlab.data.id_cache import is_id_tensor, read_id_cache, write_id_cache
+from normlab.data.sources import DATASETS, ensure_dataset
 from normlab.data.tokenizer import TextTokenizer, TokenizerSettings, train_or_load
 from normlab.errors import ConfigError
 
@@ -303,20 +304,14 @@ class TranslationDataModule(SplitDataModule):
         tok = self.prepare_tokenizer()
         digest = DATASETS[self.dataset].file(file).sha256[:12]
         path = self.cache_dir / f"ids-{file}-{digest}-{tok.digest}.pt"
-        if path.exists():
-            saved = torch.load(path, weights_only=True)
+        saved = read_id_cache(path, _is_flat_ids)
+        if saved is not None:
             flat, offsets = saved["ids"].tolist(), saved["offsets"].tolist()
             return [flat[a:b] for a, b in itertools.pairwise(offsets)]
         ids = tok.encode_batch(lines)
         offsets = np.cumsum([0] + [len(x) for x in ids])
-        with atomic_output(path) as tmp:  # racing ranks see no file or the whole file
-            torch.save(
-                {
-                    "ids": torch.tensor([i for x in ids for i in x], dtype=torch.int32),
-                    "offsets": torch.from_numpy(offsets),
-                },
-                tmp,
-            )
+        flat_ids = torch.tensor([i for x in ids for i in x], dtype=torch.int32)
+        write_id_cache(path, {"ids": flat_ids, "offsets": torch.from_numpy(offsets)})
         return ids
 
     def setup(self, stage: str | None = None) -> None:
@@ -358,3 +353,8 @@ class TranslationDataModule(SplitDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+
+
+def _is_flat_ids(obj: Any) -> bool:
+    """What :meth:`_encode` caches: every line's ids end to end, and the line offsets."""
+    return isinstance(obj, dict) and is_id_tensor(obj.get("ids")) and is_id_tensor(obj.get("offsets"))
