@@ -46,5 +46,11 @@ def test_peers_benchmark_runs_and_compares_equal_models(tmp_path: Path) -> None:
 
 def test_optimizer_step_benchmark_runs() -> None:
     table = _run(["benchmarks/optimizer_step.py", "--depth", "2", "--steps", "1"])
-    for name in ("| loop |", "| foreach (default) |", "| fused |", "clip to norm 1.0"):
+    for name in (
+        "| loop |",
+        "| foreach |",
+        "| FlatAdamW (default) |",
+        "| fused (optim.fused=true) |",
+        "clip to norm",
+    ):
         assert name in table

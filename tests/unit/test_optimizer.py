@@ -1,11 +1,13 @@
-"""normlab's AdamW (tasks.base.build_optimizer): foreach by default, bit-identical to the plain
-per-parameter loop; fused is opt-in and close but not identical; weight decay on matrices only."""
+"""normlab's AdamW (tasks.base.build_optimizer): FlatAdamW on the CPU by default, bit-identical to the
+plain per-parameter loop; fused is opt-in and close but not identical; weight decay on matrices only.
+FlatAdamW's own edge cases are in test_flat_adamw.py."""
 
 from __future__ import annotations
 
 import torch
 
 from normlab.config import validate_model_config, validate_optim_config
+from normlab.flat_adamw import FlatAdamW
 from normlab.models.init import build_model, materialize
 from normlab.tasks.base import build_optimizer
 
@@ -30,10 +32,10 @@ def _loop(net):
     return torch.optim.AdamW(ref.param_groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, foreach=False)
 
 
-def test_default_is_foreach_and_bit_identical_to_the_loop() -> None:
+def test_default_is_flat_and_bit_identical_to_the_loop() -> None:
     net = materialize(build_model(validate_model_config(CFG), 50), "cpu", seed=0)
     opt = build_optimizer(net, validate_optim_config({}))
-    assert opt.defaults["foreach"] is True and not opt.defaults.get("fused")
+    assert isinstance(opt, FlatAdamW) and not opt.defaults.get("fused")
     decay, no_decay = opt.param_groups
     assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim < 2 for p in no_decay["params"])
     assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.01, 0.0)
@@ -44,3 +46,15 @@ def test_default_is_foreach_and_bit_identical_to_the_loop() -> None:
 def test_fused_is_opt_in_and_close() -> None:
     fused = _train(lambda n: build_optimizer(n, validate_optim_config({"fused": True})))
     torch.testing.assert_close(fused, _train(_loop), atol=1e-5, rtol=1e-4)
+
+
+def test_foreach_what_gpus_get_is_bit_identical_to_the_loop_on_the_cpu() -> None:
+    def foreach(net):
+        cfg = validate_optim_config({})
+        groups = [
+            {"params": g["params"], "weight_decay": g["weight_decay"]}
+            for g in build_optimizer(net, cfg).param_groups
+        ]
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, foreach=True)
+
+    assert torch.equal(_train(foreach), _train(_loop))

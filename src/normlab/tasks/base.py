@@ -19,6 +19,7 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torch import nn
 
+from normlab import flat_adamw
 from normlab.callbacks.run_record import RunRecord
 from normlab.callbacks.schedule import ScheduleCallback
 from normlab.checkpoints import CHECKPOINT_KEY, checkpoint_entry
@@ -256,13 +257,15 @@ class TransformerTask(L.LightningModule):
 def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     """AdamW over ``module``'s trainable parameters, weight decay on matrices only.
 
-    Implementation: ``foreach`` (multi-tensor) by default, bit-identical to the per-parameter loop on
-    the CPU (tests/unit/test_optimizer.py); it is what makes GPU steps fast, while on the CPU it only
-    helps small models (README "Benchmarks": ``benchmarks/optimizer_step.py``). ``optim.fused=true`` is
-    torch's fused kernel (several times faster on the CPU too, not bit-identical, so opt-in). Under
-    FSDP2 (DTensor parameters) both are off: foreach/fused AdamW on DTensors pays a first step that
-    grows much faster than the parameter count (README "Scale"), so the plain loop stays the FSDP2
-    default.
+    Implementation, by where the parameters live (each measured in ``benchmarks/optimizer_step.py``):
+    on the CPU, :class:`normlab.flat_adamw.FlatAdamW`, bit-identical to torch's per-parameter loop
+    and faster for deep models of many small tensors; elsewhere (GPU) torch's ``foreach``
+    AdamW, bit-identical to the loop on the CPU (tests/unit/test_optimizer.py). ``optim.fused=true``
+    is torch's fused kernel (not bit-identical, so opt-in). Under FSDP2 (DTensor parameters) all of
+    these are off: foreach/fused AdamW on DTensors pays a first step that grows much faster than the
+    parameter count (README "Scale"), so the plain loop stays the FSDP2 default.
+
+    Build it after the model is on its device: FlatAdamW makes the parameters views of its buffers.
     """
     params = [p for p in module.parameters() if p.requires_grad]
     groups = [
@@ -272,10 +275,10 @@ def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     kwargs: dict[str, Any] = {"lr": cfg.lr, "betas": tuple(cfg.betas), "eps": cfg.eps}
     sharded = _has_dtensor(params)
     if cfg.fused and not sharded:
-        kwargs["fused"] = True
-    else:
-        kwargs["foreach"] = not sharded
-    return torch.optim.AdamW(groups, **kwargs)
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    if not sharded and flat_adamw.supports(params):
+        return flat_adamw.FlatAdamW(groups, **kwargs)
+    return torch.optim.AdamW(groups, foreach=not sharded, **kwargs)
 
 
 def _has_dtensor(params: list[torch.Tensor]) -> bool:
