@@ -32,13 +32,19 @@ def optimizers(net: torch.nn.Module) -> dict[str, torch.optim.Optimizer]:
     views of its buffer, which the torch optimizers do not mind."""
     flat = build_optimizer(net, validate_optim_config({}))
     assert isinstance(flat, FlatAdamW), "on the CPU normlab's default is FlatAdamW"
-    groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in flat.param_groups]
     kwargs = {"lr": flat.defaults["lr"], "betas": flat.defaults["betas"], "eps": flat.defaults["eps"]}
+
+    def adamw(**impl: bool) -> torch.optim.AdamW:
+        # fresh group dicts each time: torch writes its defaults (foreach, fused) into the dicts it is
+        # given, so shared dicts would silently give every later optimizer the first one's kernel
+        groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in flat.param_groups]
+        return torch.optim.AdamW(groups, **impl, **kwargs)
+
     return {
-        "loop": torch.optim.AdamW(groups, foreach=False, **kwargs),
-        "foreach": torch.optim.AdamW(groups, foreach=True, **kwargs),
+        "loop": adamw(foreach=False),
+        "foreach": adamw(foreach=True),
         "FlatAdamW (default)": flat,
-        "fused (optim.fused=true)": torch.optim.AdamW(groups, fused=True, **kwargs),
+        "fused (optim.fused=true)": adamw(fused=True),
     }
 
 
@@ -55,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=7)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    torch.set_flush_denormal(True)  # as every normlab run does (compute.flush_denormal)
     torch.manual_seed(0)
     cfg = validate_model_config({"norm": "deepnorm", "depth": args.depth, "d_model": 64, "n_heads": 4})
     net = materialize(build_model(cfg, vocab_size=8000), "cpu", seed=0)
