@@ -114,8 +114,8 @@ class FlatAdamW(torch.optim.AdamW):
         weight_decay: float = 0.01,
         window: int = WINDOW,
     ) -> None:
-        if not isinstance(lr, float):
-            raise ValueError(f"FlatAdamW needs a float lr, got {type(lr).__name__}")
+        if isinstance(lr, Tensor):
+            raise ValueError("FlatAdamW needs a float lr, not a tensor (use torch.optim.AdamW)")
         self.window = int(window)
         self.flat: list[FlatGroup] = []
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=False)
