@@ -1,4 +1,5 @@
-"""Shared fixtures: the staged data mirror, a session-wide data folder, and Hydra composition.
+"""Shared fixtures: the staged data mirror, a session-wide data folder, Hydra composition, and a
+guard that the suite leaves the working tree as it found it.
 
 Tests never touch the network: ``NORMLAB_DATA_MIRROR`` points at the read-only staged mirror
 (``../shared/data`` beside the project) unless the environment already sets it.
@@ -7,6 +8,8 @@ Tests never touch the network: ``NORMLAB_DATA_MIRROR`` points at the read-only s
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -29,6 +32,31 @@ def mirror_path() -> Path:
 @pytest.fixture(scope="session", autouse=True)
 def _data_mirror() -> None:
     os.environ.setdefault("NORMLAB_DATA_MIRROR", str(STAGED_MIRROR))
+
+
+def _tree_status() -> set[str] | None:
+    """``git status`` entries of the checkout (untracked files included), or None outside a clone."""
+    if not (ROOT / ".git").exists() or shutil.which("git") is None:
+        return None
+    out = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return set(out.stdout.splitlines()) if out.returncode == 0 else None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tree_left_as_found():
+    """Fails the session when a test wrote into the repository (run records, data, caches): tests
+    write under tmp_path; twice a test did not, and the files were committed by accident."""
+    before = _tree_status()
+    yield
+    after = _tree_status()
+    if before is not None and after is not None and after - before:
+        pytest.fail(f"the tests left files in the repository: {sorted(after - before)[:10]}")
 
 
 @pytest.fixture(scope="session")

@@ -131,7 +131,10 @@ def _check(code: int, stderr: str, argv: list[str]) -> None:
         assert len(errors) == 1, (argv, stderr[-2000:])
 
 
-def test_random_overrides_run_or_fail_in_one_line(data_dir: Path, tmp_path: Path) -> None:
+def test_random_overrides_run_or_fail_in_one_line(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # a fuzzed relative path (data.data_dir=abc) lands here, not in the repo
     trained = refused = 0
     for i, mutations in enumerate(cases(300, seed=2026)):
         code, stderr = _in_process(BASE + mutations, data_dir, tmp_path / f"run{i}")
@@ -147,13 +150,14 @@ def test_the_real_command_line_keeps_the_contract(
 ) -> None:
     cmd = [
         sys.executable,
-        "train.py",
+        str(ROOT / "train.py"),
         *BASE,
         *mutations,
         f"paths.data_dir={data_dir}",
         f"paths.log_dir={tmp_path}",
     ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    # run from tmp_path: a fuzzed relative path (data.data_dir=abc) must not land in the repository
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     _check(proc.returncode, proc.stderr, mutations)
     if proc.returncode == 2:  # a refused command leaves no run folder behind
         assert not [p for p in tmp_path.rglob("runs/*") if p.is_dir()], mutations
