@@ -63,14 +63,27 @@ def is_sharded_checkpoint(path: Any) -> bool:
     return Path(path).is_dir() and (Path(path) / SHARDED_METADATA).is_file()
 
 
+def load_as_data(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU with normlab's allow-list: how every file
+    normlab wrote with ``torch.save`` is read (checkpoints here, token-id caches in
+    :mod:`normlab.data.id_cache`). Raises whatever torch raises; callers turn it into one line."""
+    with torch.serialization.safe_globals(list(SAFE_GLOBALS)), warnings.catch_warnings():
+        # bytes that are not a torch zip go to the legacy unpickler, which warns about the "pickle
+        # protocol" of whatever the first bytes say; the caller's error is the one line
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
+def first_line(err: BaseException) -> str:
+    """An exception as one line: the first line of its message, or its type name if it has none."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def safe_load(path: Path, key: str) -> Any:
-    """``torch.load(path, weights_only=True)`` on the CPU, with one-line errors naming ``key``."""
+    """:func:`load_as_data` with one-line errors naming ``key``."""
     try:
-        with torch.serialization.safe_globals(list(SAFE_GLOBALS)), warnings.catch_warnings():
-            # bytes that are not a torch zip go to the legacy unpickler, which warns about the
-            # "pickle protocol" of whatever the first bytes say; the error below is the one line
-            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-            return torch.load(str(path), map_location="cpu", weights_only=True)
+        return load_as_data(path)
     except FileNotFoundError:
         raise ConfigError(f"{key}: {path} does not exist; pass a checkpoint written by train.py") from None
     except IsADirectoryError:
@@ -90,7 +103,7 @@ def safe_load(path: Path, key: str) -> Any:
 
 
 def _reason(err: BaseException) -> str:
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    text = first_line(err)
     if isinstance(err, EOFError) or "empty" in text.lower():
         return "empty or truncated file"
     if isinstance(err, (IndexError, KeyError)):  # the unpickler's stack or memo, on garbage

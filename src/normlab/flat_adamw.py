@@ -280,7 +280,7 @@ def plan_windows(params: list[Tensor], offsets: list[tuple[int, int]], window: i
         if len(run) == 1:
             windows.append(Window(start, end, list(run), [], None, 0, end - start))
         else:
-            views = [scratch[a - start : b - start].view_as(params[i]) for i in run for a, b in [offsets[i]]]
+            views = [scratch[offsets[i][0] - start : offsets[i][1] - start].view_as(params[i]) for i in run]
             windows.append(Window(start, end, list(run), views, scratch[: end - start]))
         run.clear()
 

@@ -5,19 +5,20 @@ the file hashes and the tokenizer digest; loading them takes milliseconds where 
 seconds. The files are written atomically (:func:`normlab.data.sources.atomic_output`), so a killed
 run leaves no half file; a cache damaged some other way (a disk fault, a hand edit, a copy cut
 short) is reported in one warning and encoded again from the data, which is the source of truth.
-Reads use ``weights_only=True`` like every other normlab read: a cache is tensors and dicts only.
+Reads go through :func:`normlab.checkpoints.load_as_data` like every other normlab read
+(``weights_only=True``): a cache is tensors and dicts only.
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from normlab.checkpoints import first_line, load_as_data
 from normlab.data.sources import atomic_output
 
 log = logging.getLogger(__name__)
@@ -29,12 +30,10 @@ def read_id_cache(path: Path, valid: Callable[[Any], bool]) -> Any | None:
     if not path.exists():
         return None
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_as_data(path)
     except Exception as err:  # noqa: BLE001 - a damaged file fails in many ways; all mean "re-encode"
-        text = str(err).strip().splitlines()[0][:100] if str(err).strip() else type(err).__name__
-        log.warning("data: token cache %s is unreadable (%s); encoding the data again", path, text)
+        reason = first_line(err)[:100]
+        log.warning("data: token cache %s is unreadable (%s); encoding the data again", path, reason)
         return None
     if not valid(obj):
         log.warning(

@@ -276,7 +276,7 @@ def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     sharded = _has_dtensor(params)
     if cfg.fused and not sharded:
         return torch.optim.AdamW(groups, fused=True, **kwargs)
-    if not sharded and flat_adamw.supports(params):
+    if flat_adamw.supports(params):  # one CPU device, one float dtype, no DTensor
         return flat_adamw.FlatAdamW(groups, **kwargs)
     return torch.optim.AdamW(groups, foreach=not sharded, **kwargs)
 
