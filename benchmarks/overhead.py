@@ -16,7 +16,6 @@ so their ratios are comparable; absolute times are not (the machine is shared).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -24,6 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from peers import one_row_command, read_row
 from results_io import publish
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,9 +47,13 @@ def bare(depth: int, steps: int) -> float:
     spec = {"impl": "normlab", "norm": "deepnorm", "depth": depth, "variant": "default"}
     spec.update(warmup=2, steps=steps, device="cpu")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "peers.py"), "--one", json.dumps(spec)]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600, cwd=ROOT).stdout
-    return json.loads(next(ln for ln in out.splitlines() if ln.startswith("ROW "))[4:])["step_s"]
+    proc = subprocess.run(
+        one_row_command(spec), capture_output=True, text=True, env=env, timeout=3600, cwd=ROOT
+    )
+    row = read_row(proc.stdout)
+    if row is None:
+        raise RuntimeError(f"the bare step printed no row: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    return row["step_s"]
 
 
 def through_train(depth: int, steps: int, extra: list[str], out: Path) -> list[float]:

@@ -219,6 +219,18 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def one_row_command(spec: dict[str, Any]) -> list[str]:
+    """The command that measures one configuration in its own process; it prints one ``ROW`` line
+    (used here and by benchmarks/overhead.py and benchmarks/threads.py)."""
+    return [sys.executable, str(Path(__file__).resolve()), "--one", json.dumps(spec)]
+
+
+def read_row(stdout: str) -> dict[str, Any] | None:
+    """The row a :func:`one_row_command` process printed, or None when it printed none."""
+    found = [ln for ln in stdout.splitlines() if ln.startswith("ROW ")]
+    return json.loads(found[-1][4:]) if found else None
+
+
 # --- the table ---------------------------------------------------------------------------------
 def label(spec: dict[str, Any]) -> str:
     name = spec["impl"]
@@ -300,14 +312,13 @@ def main(argv: list[str] | None = None) -> int:
             run_env = dict(env)
             if spec.get("pythonpath"):
                 run_env["PYTHONPATH"] = spec["pythonpath"]
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--one", json.dumps(full)]
+            cmd = one_row_command(full)
             proc = subprocess.run(cmd, capture_output=True, text=True, env=run_env, cwd=ROOT, timeout=3600)
-            found = [ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")]
-            if proc.returncode or not found:
+            row = read_row(proc.stdout)
+            if proc.returncode or row is None:
                 tail = (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
                 print(f"[peers] {label(spec)} {spec['norm']} {spec['depth']}: failed: {tail}", flush=True)
                 continue
-            row = json.loads(found[-1][4:])
             rows.append(row)
             print(
                 f"[peers] round {round_} {label(row)} {row['norm']} depth {row['depth']}: "

@@ -19,16 +19,15 @@ does). Throughput is sequences per second of all processes together.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from peers import one_row_command, read_row
 from results_io import publish
 
 ROOT = Path(__file__).resolve().parents[1]
-PEERS = ROOT / "benchmarks" / "peers.py"
 BATCH = 8
 
 
@@ -39,13 +38,15 @@ def run_together(n: int, threads: int, depth: int, steps: int) -> list[float]:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    cmd = [sys.executable, str(PEERS), "--one", json.dumps(spec)]
+    cmd = one_row_command(spec)
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT) for _ in range(n)]
     times = []
     for proc in procs:
         out, _ = proc.communicate(timeout=3600)
-        row = next(ln for ln in out.splitlines() if ln.startswith("ROW "))
-        times.append(json.loads(row[4:])["step_s"])
+        row = read_row(out)
+        if row is None:
+            raise RuntimeError("a concurrent step benchmark printed no row (see its stderr above)")
+        times.append(row["step_s"])
     return times
 
 
