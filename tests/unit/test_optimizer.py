@@ -26,10 +26,20 @@ def _train(optimizer_factory, steps: int = 4) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in net.parameters()])
 
 
-def _loop(net):
+def _torch_adamw(net, **impl: bool) -> torch.optim.AdamW:
+    """torch's AdamW over build_optimizer's groups and settings. Fresh group dicts: torch writes its
+    defaults (foreach, fused) into the dicts it is given, so reusing another optimizer's groups would
+    inherit that optimizer's kernel choice."""
     cfg = validate_optim_config({})
-    ref = build_optimizer(net, cfg)
-    return torch.optim.AdamW(ref.param_groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, foreach=False)
+    groups = [
+        {"params": g["params"], "weight_decay": g["weight_decay"]}
+        for g in build_optimizer(net, cfg).param_groups
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **impl)
+
+
+def _loop(net):
+    return _torch_adamw(net, foreach=False)
 
 
 def test_default_is_flat_and_bit_identical_to_the_loop() -> None:
@@ -49,12 +59,4 @@ def test_fused_is_opt_in_and_close() -> None:
 
 
 def test_foreach_what_gpus_get_is_bit_identical_to_the_loop_on_the_cpu() -> None:
-    def foreach(net):
-        cfg = validate_optim_config({})
-        groups = [
-            {"params": g["params"], "weight_decay": g["weight_decay"]}
-            for g in build_optimizer(net, cfg).param_groups
-        ]
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, foreach=True)
-
-    assert torch.equal(_train(foreach), _train(_loop))
+    assert torch.equal(_train(lambda net: _torch_adamw(net, foreach=True)), _train(_loop))
