@@ -24,7 +24,7 @@ import torch
 from normlab.config import validate_model_config, validate_optim_config
 from normlab.flat_adamw import FlatAdamW
 from normlab.models.init import build_model, materialize
-from normlab.tasks.base import build_optimizer, global_grad_norm, grad_norm_of
+from normlab.optimizer import build_optimizer, global_grad_norm, grad_norm_of
 
 
 def optimizers(net: torch.nn.Module) -> dict[str, torch.optim.Optimizer]:

@@ -13,7 +13,7 @@ tokens; ``deepnorm`` (Post-LN with alpha on the residual and beta init, torchsca
 
 A step is: forward, next-token cross-entropy in fp32, backward, optimizer step, zero_grad. Each
 implementation uses its own default optimizer construction: torchscale and the plain stack
-``torch.optim.AdamW(params, lr)``; normlab the AdamW its tasks build (``normlab.tasks.base.build_optimizer``).
+``torch.optim.AdamW(params, lr)``; normlab the AdamW its tasks build (``normlab.optimizer.build_optimizer``).
 Every process runs with one intra-op thread and subnormal floats flushed (a process setting normlab
 applies by default; applied to all so that no row pays for underflow). After ``--warmup`` steps the
 median of ``--steps`` timed steps is reported; peak memory is the process's resident high-water mark
@@ -73,11 +73,16 @@ def build_normlab(norm: str, depth: int, variant: str, device: str = "cpu") -> t
         compile_blocks(net)
     optim_cfg = validate_optim_config({"lr": 1e-4, "fused": bool(options.get("fused", False))})
     try:
-        from normlab.tasks.base import build_optimizer
-
-        optimizer = build_optimizer(net, optim_cfg)
-    except ImportError:  # an older normlab (before build_optimizer): its own default
+        from normlab.optimizer import build_optimizer
+    except ImportError:  # an older normlab (--before): where it kept build_optimizer, if it had one
+        try:
+            from normlab.tasks.base import build_optimizer
+        except ImportError:
+            build_optimizer = None
+    if build_optimizer is None:
         optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    else:
+        optimizer = build_optimizer(net, optim_cfg)
     return net, (lambda ids: net(ids)), optimizer
 
 
@@ -200,7 +205,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))  # a host sync, also on CUDA
+        losses.append(float(loss.detach()))  # a host sync, also on CUDA
         times.append(time.perf_counter() - t0)
     timed = times[spec["warmup"] :]
     status = Path("/proc/self/status").read_text().splitlines()

@@ -10,7 +10,7 @@ import torch
 from normlab.compile import compile_blocks
 from normlab.config import validate_model_config, validate_optim_config
 from normlab.models.init import build_model, materialize
-from normlab.tasks.base import build_optimizer
+from normlab.optimizer import build_optimizer
 
 pytestmark = pytest.mark.slow
 

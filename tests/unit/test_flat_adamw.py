@@ -12,7 +12,7 @@ import torch
 from normlab.config import validate_model_config, validate_optim_config
 from normlab.flat_adamw import FlatAdamW, plan_windows
 from normlab.models.init import build_model, materialize
-from normlab.tasks.base import build_optimizer
+from normlab.optimizer import build_optimizer
 
 # odd widths: no parameter size is a multiple of the SIMD width, so vector tails are exercised
 CFG = {"norm": "deepnorm", "depth": 3, "d_model": 24, "n_heads": 4, "d_ffn": 52}

@@ -1,4 +1,4 @@
-"""normlab's AdamW (tasks.base.build_optimizer): FlatAdamW on the CPU by default, bit-identical to the
+"""normlab's AdamW (optimizer.build_optimizer): FlatAdamW on the CPU by default, bit-identical to the
 plain per-parameter loop; fused is opt-in and close but not identical; weight decay on matrices only.
 FlatAdamW's own edge cases are in test_flat_adamw.py."""
 
@@ -9,7 +9,7 @@ import torch
 from normlab.config import validate_model_config, validate_optim_config
 from normlab.flat_adamw import FlatAdamW
 from normlab.models.init import build_model, materialize
-from normlab.tasks.base import build_optimizer
+from normlab.optimizer import build_optimizer
 
 CFG = {"norm": "deepnorm", "depth": 3, "d_model": 32, "n_heads": 4, "d_ffn": 64}
 
@@ -60,3 +60,27 @@ def test_fused_is_opt_in_and_close() -> None:
 
 def test_foreach_what_gpus_get_is_bit_identical_to_the_loop_on_the_cpu() -> None:
     assert torch.equal(_train(lambda net: _torch_adamw(net, foreach=True)), _train(_loop))
+
+
+def test_a_training_step_does_not_import_lightning() -> None:
+    """The model and its init import neither Lightning nor torch.distributed.tensor, and the optimizer
+    does not import Lightning: a process that only trains steps, such as benchmarks/peers.py's normlab
+    row, holds about 125 MB less for it (VmHWM, 2026-12-02). (torch's own Optimizer constructor
+    loads torch._dynamo, and with it torch.distributed.tensor, for every implementation alike.)"""
+    import subprocess
+    import sys
+
+    heavy = "sorted(m for m in ('lightning', 'torch.distributed.tensor') if m in sys.modules)"
+    code = (
+        "import sys, torch\n"
+        "from normlab.config import validate_model_config, validate_optim_config\n"
+        "from normlab.models.init import build_model, materialize\n"
+        "from normlab.optimizer import build_optimizer\n"
+        f"net = materialize(build_model(validate_model_config({CFG!r}), 50), 'cpu', seed=0)\n"
+        f"print({heavy})\n"
+        "build_optimizer(net, validate_optim_config({}))\n"
+        "print('lightning' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["[]", "False"], out.stdout

@@ -28,7 +28,7 @@ import lightning as L
 import torch
 
 from normlab.errors import TrainingDiverged
-from normlab.tasks.base import global_grad_norm
+from normlab.optimizer import global_grad_norm
 
 
 class DivergenceGuard(L.Callback):

@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.distributed.tensor import distribute_tensor
 
 from normlab.models.transformer import Decoder, Encoder, EncoderDecoder
 from normlab.norms.base import NormStrategy
@@ -50,6 +49,10 @@ def _assign(param: Tensor, value: Tensor) -> None:
     """Copy a full tensor into ``param``; for a DTensor, only this rank's shard is written."""
     value = value.to(dtype=param.dtype)
     if hasattr(param, "device_mesh") and hasattr(param, "placements"):
+        # imported here: a DTensor exists only where torch.distributed.tensor is loaded, and a model
+        # that is not sharded should not pay its import (torch.distributed.tensor loads sympy)
+        from torch.distributed.tensor import distribute_tensor
+
         value = distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
         param.copy_(value)
     else:

@@ -1,0 +1,83 @@
+"""The optimizer every task builds, its learning-rate schedule, and the gradient norm of a step.
+
+Its own module, free of Lightning, so that what a training step costs can be measured (and reused,
+e.g. by ``benchmarks/peers.py``) without the trainer: the tasks, the divergence guard and the
+benchmarks import it from here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from normlab import flat_adamw
+from normlab.config import OptimConfig
+
+
+def global_grad_norm(module: nn.Module) -> torch.Tensor | None:
+    """The 2-norm of all gradients of ``module`` (over every shard), or None before any backward.
+
+    A 0-d tensor on the gradients' device, so logging it does not force a host sync."""
+    return grad_norm_of(list(module.parameters()))
+
+
+def grad_norm_of(params: list[nn.Parameter]) -> torch.Tensor | None:
+    """The 2-norm of the gradients of ``params`` (reduced over FSDP2 shards), or None if none has one."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return None
+    norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+    if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2: reduce over the shards
+        norm = norm.full_tensor()
+    return norm
+
+
+def lr_factor(step: int, cfg: OptimConfig, total_steps: int) -> float:
+    """Multiplier on ``cfg.lr`` at optimizer step ``step``: linear warm-up, then the decay."""
+    warmup = cfg.warmup_steps
+    if step < warmup:
+        return (step + 1) / warmup
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "inverse_sqrt":
+        return math.sqrt(max(warmup, 1) / (step + 1)) if step + 1 > max(warmup, 1) else 1.0
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    floor = cfg.min_lr_ratio
+    if cfg.schedule == "linear":
+        return floor + (1.0 - floor) * (1.0 - progress)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW over ``module``'s trainable parameters, weight decay on matrices only.
+
+    Implementation, by where the parameters live (each measured in ``benchmarks/optimizer_step.py``):
+    on the CPU, :class:`normlab.flat_adamw.FlatAdamW`, bit-identical to torch's per-parameter loop
+    and faster for deep models of many small tensors; elsewhere (GPU) torch's ``foreach``
+    AdamW, bit-identical to the loop on the CPU (tests/unit/test_optimizer.py). ``optim.fused=true``
+    is torch's fused kernel (not bit-identical, so opt-in). Under FSDP2 (DTensor parameters) all of
+    these are off: foreach/fused AdamW on DTensors pays a first step that grows much faster than the
+    parameter count (README "Scale"), so the plain loop stays the FSDP2 default.
+
+    Build it after the model is on its device: FlatAdamW makes the parameters views of its buffers.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    kwargs: dict[str, Any] = {"lr": cfg.lr, "betas": tuple(cfg.betas), "eps": cfg.eps}
+    sharded = _has_dtensor(params)
+    if cfg.fused and not sharded:
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    if flat_adamw.supports(params):  # one CPU device, one float dtype, no DTensor
+        return flat_adamw.FlatAdamW(groups, **kwargs)
+    return torch.optim.AdamW(groups, foreach=not sharded, **kwargs)
+
+
+def _has_dtensor(params: list[torch.Tensor]) -> bool:
+    """FSDP2 parameters are DTensors; foreach/fused AdamW pay a large first-step cost on them."""
+    return any(hasattr(p, "device_mesh") for p in params)
