@@ -2,32 +2,34 @@
 
     python benchmarks/overhead.py                          # depth 1000, deepnorm, 8 steps, 1 round
     python benchmarks/overhead.py --depth 100 --steps 20   # quicker
+    python benchmarks/overhead.py --rows default --steps 20   # only `python train.py` as it comes
 
 Each row is one ``python train.py model.norm=deepnorm model.depth=1000`` process (d_model 64, 8 x 64
 tokens of the default run's data, vocabulary 8000, one intra-op thread, no validation, no test) with
 a different set of callbacks. Two ratios are reported, because this machine's speed drifts by 10% and
 more between processes (a shared VM), which is more than the overhead being measured:
 
-- **paired** (the one to read): inside each run, :class:`PairedBareStep` takes one bare step (forward,
-  loss, backward, AdamW, zero_grad; no Lightning, no clipping, no callback) of an identical copy of
-  the network on the same batch just before every Lightning iteration, and times the Lightning
-  iteration as everything between the end of one bare step and the start of the next (the other
-  callbacks' hooks, the training step, clipping, the optimizer step, logging, fetching the next
-  batch). Each Lightning iteration is divided by the bare step next to it; the table shows the median
-  of these ratios over the steps after the first two.
+- **paired** (the one to read): inside each run, :class:`PairedBareStep` takes one bare step of the
+  run's own network with the run's own optimizer (zero_grad, forward, loss, backward, optimizer
+  step, in Lightning's order; no Lightning, no clipping, no callback) on the same batch just before
+  every Lightning iteration, and times the Lightning iteration as everything between the end of one
+  bare step and the start of the next (the other callbacks' hooks, the training step, clipping, the
+  optimizer step, logging, fetching the next batch). Each Lightning iteration is divided by the bare
+  step next to it; the table shows the median of these ratios over the steps after the first two.
+  (The run takes two optimizer steps per batch; what it learns does not matter here.)
 - **vs own process**: the Lightning step against ``benchmarks/peers.py``'s bare step run in a process
   of its own, before the rows (what the two would cost run separately, drift included).
 
-'slowest step' shows what a measuring step of a callback costs (the stability monitor measures at
-steps 0, 1, 2, 3, 5, 10, 20, 50, 100, then every 100). The copy doubles the run's parameter and
-optimizer memory; it does not take part in training.
+The step columns are over the steps at which no stability monitor measures (99 of every 100 in a
+long run); 'a measuring step' is the median Lightning iteration of those at which it does (steps 0,
+1, 2, 3, 5, 10, 20, 50, 100, then every 100): what a measurement costs.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -42,38 +44,36 @@ import torch.nn.functional as F
 from peers import one_row_command, read_row
 from results_io import publish
 
+from normlab.callbacks.stability import StabilityMonitor
+
 ROOT = Path(__file__).resolve().parents[1]
 NO_CLIP = "trainer.gradient_clip_val=null"
 PAIRED = "+callbacks.paired._target_=overhead.PairedBareStep"
-ROWS = {
-    "Lightning, no callbacks, no clipping": ["callbacks=none", NO_CLIP],
-    "+ gradient clipping 1.0 (the default)": ["callbacks=none"],
-    "+ divergence guard": [
-        "callbacks=none",
-        "+callbacks.guard._target_=normlab.callbacks.divergence.DivergenceGuard",
-    ],
-    "+ stability monitor": [
-        "callbacks=none",
-        "+callbacks.monitor._target_=normlab.callbacks.stability.StabilityMonitor",
-    ],
-    "default callbacks (checkpoint, progress bar, guard, monitor), clipping": [],
+ROWS = {  # --rows key: (label, train.py overrides)
+    "none": ("Lightning, no callbacks, no clipping", ["callbacks=none", NO_CLIP]),
+    "clip": ("+ gradient clipping 1.0 (the default)", ["callbacks=none"]),
+    "guard": (
+        "+ divergence guard",
+        ["callbacks=none", "+callbacks.guard._target_=normlab.callbacks.divergence.DivergenceGuard"],
+    ),
+    "monitor": (
+        "+ stability monitor",
+        ["callbacks=none", "+callbacks.monitor._target_=normlab.callbacks.stability.StabilityMonitor"],
+    ),
+    "default": ("default callbacks (checkpoint, progress bar, guard, monitor), clipping", []),
 }
 
 
 class PairedBareStep(L.Callback):
-    """Benchmark-only (see the module docstring): a bare step of a copy of the network before every
-    Lightning iteration, and the time of the iteration between two bare steps, in ``paired.json``."""
+    """Benchmark-only (see the module docstring): a bare step of the run's network and optimizer
+    before every Lightning iteration, and the time of the iteration between two bare steps, in
+    ``paired.json``."""
 
     def __init__(self) -> None:
         self.bare_s: list[float] = []
         self.lightning_s: list[float] = []
+        self.measuring: list[bool] = []  # a stability monitor measures at this step
         self._end: float | None = None
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from normlab.optimizer import build_optimizer
-
-        self.net = copy.deepcopy(pl_module.net)
-        self.optimizer = build_optimizer(self.net, pl_module.optim_cfg)
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
@@ -81,18 +81,23 @@ class PairedBareStep(L.Callback):
         start = time.perf_counter()
         if self._end is not None:
             self.lightning_s.append(start - self._end)
-        logits = self.net(batch["input_ids"]).float()
+        monitors = [cb for cb in trainer.callbacks if isinstance(cb, StabilityMonitor)]
+        self.measuring.append(any(m.measures_at(trainer.global_step) for m in monitors))
+        optimizer = trainer.optimizers[0]  # the run's own (FlatAdamW on the CPU), not Lightning's wrapper
+        # in Lightning's order: zero_grad first (the last Lightning step's gradients are still there,
+        # and backward would add to them), then forward, backward, the optimizer step
+        optimizer.zero_grad(set_to_none=True)
+        logits = pl_module.net(batch["input_ids"]).float()
         loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
         loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer.step()
         float(loss)  # the host sync the bare benchmark step has too
         self._end = time.perf_counter()
         self.bare_s.append(self._end - start)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.lightning_s.append(time.perf_counter() - self._end)  # the last iteration
-        record = {"bare_s": self.bare_s, "lightning_s": self.lightning_s}
+        record = {"bare_s": self.bare_s, "lightning_s": self.lightning_s, "measuring": self.measuring}
         (Path(trainer.default_root_dir) / "paired.json").write_text(json.dumps(record))
 
 
@@ -133,20 +138,27 @@ def through_train(depth: int, steps: int, extra: list[str], out: Path) -> dict[s
     return {key: values[2:] for key, values in paired.items()}  # after two warm-up steps
 
 
+def _steps(run: dict[str, list]) -> list[tuple[float, float, bool]]:
+    """(Lightning s, bare s, a monitor measured) per step of one run."""
+    return list(zip(run["lightning_s"], run["bare_s"], run["measuring"], strict=True))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--depth", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
     parser.add_argument("--out", type=Path, help="write the table to <out>.md")
     args = parser.parse_args(argv)
     own_process: list[float] = []
-    runs: dict[str, list[dict[str, list[float]]]] = {name: [] for name in ROWS}
+    rows = {ROWS[key][0]: ROWS[key][1] for key in args.rows}
+    runs: dict[str, list[dict[str, list[float]]]] = {name: [] for name in rows}
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.rounds):
             own_process.append(bare(args.depth, args.steps))
             print(f"[overhead] round {round_} bare step, own process: {own_process[-1]:.3f} s", flush=True)
-            for i, (name, extra) in enumerate(ROWS.items()):
+            for i, (name, extra) in enumerate(rows.items()):
                 run = through_train(args.depth, args.steps, extra, Path(tmp) / f"r{round_}-{i}")
                 runs[name].append(run)
                 light, beside = (statistics.median(run[k]) for k in ("lightning_s", "bare_s"))
@@ -155,24 +167,26 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"deepnorm, depth {args.depth}, d_model 64, 8 x 64 tokens, one thread, {args.steps} paired steps "
         f"after two warm-up steps per run, {args.rounds} round(s). Paired: each Lightning iteration "
-        "divided by the bare step of an identical network taken just before it in the same process "
-        "(median of the ratios, with their range).",
+        "divided by the bare step of the run's own network and optimizer taken just before it in the "
+        "same process (median of the ratios over the steps at which no stability monitor measures, and "
+        "their range).",
         "",
         "| configuration | Lightning step s | bare step beside it s | **paired ratio** | paired range "
-        "| vs bare step in own process | slowest step s |",
-        "|---|---:|---:|---:|---|---:|---:|",
-        f"| bare step in its own process (benchmarks/peers.py) | | {base:.3f} | | | 1.00 | |",
+        "| steps | vs bare step in own process | a measuring step s |",
+        "|---|---:|---:|---:|---|---:|---:|---:|",
+        f"| bare step in its own process (benchmarks/peers.py) | | {base:.3f} | | | | 1.00 | |",
     ]
     results: dict[str, Any] = {"depth": args.depth, "own_process_bare_s": own_process}
     for name, name_runs in runs.items():
-        light = [t for run in name_runs for t in run["lightning_s"]]
-        bares = [t for run in name_runs for t in run["bare_s"]]
-        ratios = [t / b for run in name_runs for t, b in zip(run["lightning_s"], run["bare_s"], strict=True)]
         results[name] = name_runs
-        step = statistics.median(light)
+        steady = [(t, b) for run in name_runs for t, b, m in _steps(run) if not m]
+        measuring = [t for run in name_runs for t, _, m in _steps(run) if m]
+        ratios = [t / b for t, b in steady]
+        step = statistics.median(t for t, _ in steady)
         lines.append(
-            f"| {name} | {step:.3f} | {statistics.median(bares):.3f} | **{statistics.median(ratios):.3f}** | "
-            f"{min(ratios):.2f}-{max(ratios):.2f} | {step / base:.3f} | {max(light):.3f} |"
+            f"| {name} | {step:.3f} | {statistics.median(b for _, b in steady):.3f} | "
+            f"**{statistics.median(ratios):.3f}** | {min(ratios):.2f}-{max(ratios):.2f} | {len(ratios)} | "
+            f"{step / base:.3f} | {statistics.median(measuring) if measuring else math.nan:.3f} |"
         )
     return publish(lines, results, args.out)
 

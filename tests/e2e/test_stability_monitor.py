@@ -129,3 +129,15 @@ def test_heatmaps_and_histograms_reach_tensorboard(make_cfg, tmp_path: Path) -> 
 def test_bad_interval_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="every_n_steps"):
         StabilityMonitor(every_n_steps=0)
+
+
+def test_measures_at_names_exactly_the_measuring_steps() -> None:
+    """What benchmarks/overhead.py uses to leave measuring steps out of the steady-state cost: the
+    update steps (0, 1, 2, 3, 5, 10, 20, 50, 100) and every every_n_steps-th step, nothing else."""
+    from normlab.callbacks.stability import StabilityMonitor
+
+    monitor = StabilityMonitor(every_n_steps=100, filename=None, images=False)
+    measuring = [s for s in range(0, 401) if monitor.measures_at(s)]
+    assert measuring == [0, 1, 2, 3, 5, 10, 20, 50, 100, 200, 300, 400]
+    every_7 = StabilityMonitor(every_n_steps=7, filename=None, update_steps=(0, 1), images=False)
+    assert [s for s in range(0, 22) if every_7.measures_at(s)] == [0, 1, 7, 14, 21]

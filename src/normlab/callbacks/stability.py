@@ -109,6 +109,11 @@ class StabilityMonitor(L.Callback):
         self._last_update: int | None = None
 
     # --- when ---------------------------------------------------------------------------------
+    def measures_at(self, step: int) -> bool:
+        """Whether the batch at ``step`` is a measuring one (per-layer statistics or the model
+        update); every other step costs this callback nothing."""
+        return self._layers_due(step) or self._update_due(step)
+
     def _layers_due(self, step: int) -> bool:
         return step % self.every_n_steps == 0
 
