@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch.nn.functional as F
 from peers import one_row_command, read_row
 from results_io import publish
 
@@ -74,6 +73,10 @@ class PairedBareStep(L.Callback):
         self.lightning_s: list[float] = []
         self.measuring: list[bool] = []  # a stability monitor measures at this step
         self._end: float | None = None
+        self._monitors: list[StabilityMonitor] = []
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._monitors = [cb for cb in trainer.callbacks if isinstance(cb, StabilityMonitor)]
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
@@ -81,19 +84,17 @@ class PairedBareStep(L.Callback):
         start = time.perf_counter()
         if self._end is not None:
             self.lightning_s.append(start - self._end)
-        monitors = [cb for cb in trainer.callbacks if isinstance(cb, StabilityMonitor)]
-        self.measuring.append(any(m.measures_at(trainer.global_step) for m in monitors))
         optimizer = trainer.optimizers[0]  # the run's own (FlatAdamW on the CPU), not Lightning's wrapper
         # in Lightning's order: zero_grad first (the last Lightning step's gradients are still there,
         # and backward would add to them), then forward, backward, the optimizer step
         optimizer.zero_grad(set_to_none=True)
-        logits = pl_module.net(batch["input_ids"]).float()
-        loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
+        loss = pl_module._loss(batch)[0]  # the LM task's own loss, without its logging
         loss.backward()
         optimizer.step()
         float(loss)  # the host sync the bare benchmark step has too
         self._end = time.perf_counter()
         self.bare_s.append(self._end - start)
+        self.measuring.append(any(m.measures_at(trainer.global_step) for m in self._monitors))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.lightning_s.append(time.perf_counter() - self._end)  # the last iteration
