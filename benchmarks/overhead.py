@@ -17,6 +17,10 @@ more between processes (a shared VM), which is more than the overhead being meas
   optimizer step, logging, fetching the next batch). Each Lightning iteration is divided by the bare
   step next to it; the table shows the median of these ratios over the steps after the first two.
   (The run takes two optimizer steps per batch; what it learns does not matter here.)
+- **paired CPU time**: the same pairs in CPU seconds of the whole process (``time.process_time``,
+  every thread: the progress bar's and the data loader's included). Time the VM's other tenants take
+  from this process (steal) is not in it, so it drifts less than the wall-clock ratio; work Lightning
+  adds shows in both.
 - **vs own process**: the Lightning step against ``benchmarks/peers.py``'s bare step run in a process
   of its own, before the rows (what the two would cost run separately, drift included).
 
@@ -71,8 +75,11 @@ class PairedBareStep(L.Callback):
     def __init__(self) -> None:
         self.bare_s: list[float] = []
         self.lightning_s: list[float] = []
+        self.bare_cpu_s: list[float] = []  # the same spans in CPU seconds of the whole process
+        self.lightning_cpu_s: list[float] = []
         self.measuring: list[bool] = []  # a stability monitor measures at this step
         self._end: float | None = None
+        self._end_cpu = 0.0
         self._monitors: list[StabilityMonitor] = []
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -81,9 +88,10 @@ class PairedBareStep(L.Callback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         if self._end is not None:
             self.lightning_s.append(start - self._end)
+            self.lightning_cpu_s.append(start_cpu - self._end_cpu)
         optimizer = trainer.optimizers[0]  # the run's own (FlatAdamW on the CPU), not Lightning's wrapper
         # in Lightning's order: zero_grad first (the last Lightning step's gradients are still there,
         # and backward would add to them), then forward, backward, the optimizer step
@@ -92,13 +100,21 @@ class PairedBareStep(L.Callback):
         loss.backward()
         optimizer.step()
         float(loss)  # the host sync the bare benchmark step has too
-        self._end = time.perf_counter()
+        self._end, self._end_cpu = time.perf_counter(), time.process_time()
         self.bare_s.append(self._end - start)
+        self.bare_cpu_s.append(self._end_cpu - start_cpu)
         self.measuring.append(any(m.measures_at(trainer.global_step) for m in self._monitors))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.lightning_s.append(time.perf_counter() - self._end)  # the last iteration
-        record = {"bare_s": self.bare_s, "lightning_s": self.lightning_s, "measuring": self.measuring}
+        self.lightning_cpu_s.append(time.process_time() - self._end_cpu)
+        record = {
+            "bare_s": self.bare_s,
+            "lightning_s": self.lightning_s,
+            "bare_cpu_s": self.bare_cpu_s,
+            "lightning_cpu_s": self.lightning_cpu_s,
+            "measuring": self.measuring,
+        }
         (Path(trainer.default_root_dir) / "paired.json").write_text(json.dumps(record))
 
 
@@ -139,9 +155,10 @@ def through_train(depth: int, steps: int, extra: list[str], out: Path) -> dict[s
     return {key: values[2:] for key, values in paired.items()}  # after two warm-up steps
 
 
-def _steps(run: dict[str, list]) -> list[tuple[float, float, bool]]:
-    """(Lightning s, bare s, a monitor measured) per step of one run."""
-    return list(zip(run["lightning_s"], run["bare_s"], run["measuring"], strict=True))
+def _steps(run: dict[str, list]) -> list[tuple[float, float, float, bool]]:
+    """(Lightning s, bare s, Lightning / bare in CPU seconds, a monitor measured) per step of one run."""
+    cpu = [t / b for t, b in zip(run["lightning_cpu_s"], run["bare_cpu_s"], strict=True)]
+    return list(zip(run["lightning_s"], run["bare_s"], cpu, run["measuring"], strict=True))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,20 +190,22 @@ def main(argv: list[str] | None = None) -> int:
         "their range).",
         "",
         "| configuration | Lightning step s | bare step beside it s | **paired ratio** | paired range "
-        "| steps | vs bare step in own process | a measuring step s |",
-        "|---|---:|---:|---:|---|---:|---:|---:|",
-        f"| bare step in its own process (benchmarks/peers.py) | | {base:.3f} | | | | 1.00 | |",
+        "| paired CPU-time ratio (range) | steps | vs bare step in own process | a measuring step s |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|",
+        f"| bare step in its own process (benchmarks/peers.py) | | {base:.3f} | | | | | 1.00 | |",
     ]
     results: dict[str, Any] = {"depth": args.depth, "own_process_bare_s": own_process}
     for name, name_runs in runs.items():
         results[name] = name_runs
-        steady = [(t, b) for run in name_runs for t, b, m in _steps(run) if not m]
-        measuring = [t for run in name_runs for t, _, m in _steps(run) if m]
-        ratios = [t / b for t, b in steady]
-        step = statistics.median(t for t, _ in steady)
+        steady = [(t, b, c) for run in name_runs for t, b, c, m in _steps(run) if not m]
+        measuring = [t for run in name_runs for t, _, _, m in _steps(run) if m]
+        ratios = [t / b for t, b, _ in steady]
+        cpu = [c for _, _, c in steady]
+        step = statistics.median(t for t, _, _ in steady)
         lines.append(
-            f"| {name} | {step:.3f} | {statistics.median(b for _, b in steady):.3f} | "
-            f"**{statistics.median(ratios):.3f}** | {min(ratios):.2f}-{max(ratios):.2f} | {len(ratios)} | "
+            f"| {name} | {step:.3f} | {statistics.median(b for _, b, _ in steady):.3f} | "
+            f"**{statistics.median(ratios):.3f}** | {min(ratios):.2f}-{max(ratios):.2f} | "
+            f"{statistics.median(cpu):.3f} ({min(cpu):.2f}-{max(cpu):.2f}) | {len(ratios)} | "
             f"{step / base:.3f} | {statistics.median(measuring) if measuring else math.nan:.3f} |"
         )
     return publish(lines, results, args.out)
