@@ -78,9 +78,42 @@ class PairedBareStep(L.Callback):
         self.bare_cpu_s: list[float] = []  # the same spans in CPU seconds of the whole process
         self.lightning_cpu_s: list[float] = []
         self.measuring: list[bool] = []  # a stability monitor measures at this step
+        # per step, where the time goes: {"bare": {phase: s}, "lightning": {phase: s}} (PHASES)
+        self.phases: list[dict[str, dict[str, float]]] = []
+        self._marks: dict[str, float] = {}
         self._end: float | None = None
         self._end_cpu = 0.0
         self._monitors: list[StabilityMonitor] = []
+
+    def _mark(self, name: str) -> None:
+        self._marks[name] = time.perf_counter()
+
+    def on_before_zero_grad(self, *args: Any) -> None:  # Lightning: after training_step (the forward)
+        self._mark("forward")
+
+    def on_before_backward(self, *args: Any) -> None:
+        self._mark("before_backward")
+
+    def on_after_backward(self, *args: Any) -> None:
+        self._mark("backward")
+
+    def on_before_optimizer_step(self, *args: Any) -> None:
+        self._mark("before_optimizer")
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self._mark("optimizer")
+
+    def _close_lightning_phases(self, now: float) -> None:
+        m = self._marks
+        if self._end is None or not {"forward", "before_backward", "backward", "optimizer"} <= m.keys():
+            return
+        spans = {
+            "forward": m["forward"] - self._end,
+            "backward": m["backward"] - m["before_backward"],
+            "optimizer": m["optimizer"] - m.get("before_optimizer", m["backward"]),
+        }
+        spans["rest"] = (now - self._end) - sum(spans.values())
+        self.phases[-1]["lightning"] = spans
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._monitors = [cb for cb in trainer.callbacks if isinstance(cb, StabilityMonitor)]
@@ -92,28 +125,38 @@ class PairedBareStep(L.Callback):
         if self._end is not None:
             self.lightning_s.append(start - self._end)
             self.lightning_cpu_s.append(start_cpu - self._end_cpu)
+            self._close_lightning_phases(start)
+        self._marks = {}
         optimizer = trainer.optimizers[0]  # the run's own (FlatAdamW on the CPU), not Lightning's wrapper
         # in Lightning's order: zero_grad first (the last Lightning step's gradients are still there,
         # and backward would add to them), then forward, backward, the optimizer step
         optimizer.zero_grad(set_to_none=True)
         loss = pl_module._loss(batch)[0]  # the LM task's own loss, without its logging
+        forward_end = time.perf_counter()
         loss.backward()
+        backward_end = time.perf_counter()
         optimizer.step()
         float(loss)  # the host sync the bare benchmark step has too
         self._end, self._end_cpu = time.perf_counter(), time.process_time()
+        bare_phases = {"forward": forward_end - start, "backward": backward_end - forward_end}
+        bare_phases.update(optimizer=self._end - backward_end, rest=0.0)
+        self.phases.append({"bare": bare_phases})
         self.bare_s.append(self._end - start)
         self.bare_cpu_s.append(self._end_cpu - start_cpu)
         self.measuring.append(any(m.measures_at(trainer.global_step) for m in self._monitors))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.lightning_s.append(time.perf_counter() - self._end)  # the last iteration
+        now = time.perf_counter()
+        self.lightning_s.append(now - self._end)  # the last iteration
         self.lightning_cpu_s.append(time.process_time() - self._end_cpu)
+        self._close_lightning_phases(now)
         record = {
             "bare_s": self.bare_s,
             "lightning_s": self.lightning_s,
             "bare_cpu_s": self.bare_cpu_s,
             "lightning_cpu_s": self.lightning_cpu_s,
             "measuring": self.measuring,
+            "phases": self.phases,
         }
         (Path(trainer.default_root_dir) / "paired.json").write_text(json.dumps(record))
 
@@ -208,7 +251,40 @@ def main(argv: list[str] | None = None) -> int:
             f"{statistics.median(cpu):.3f} ({min(cpu):.2f}-{max(cpu):.2f}) | {len(ratios)} | "
             f"{step / base:.3f} | {statistics.median(measuring) if measuring else math.nan:.3f} |"
         )
+    lines += ["", *phase_table(runs)]
     return publish(lines, results, args.out)
+
+
+PHASES = ("forward", "backward", "optimizer", "rest")
+
+
+def phase_table(runs: dict[str, list[dict[str, list]]]) -> list[str]:
+    """Where the Lightning iteration's extra time goes: per phase, the median over the steps at
+    which no monitor measures, Lightning's against the bare step's beside it."""
+    lines = [
+        "Where the time goes (median s per step; Lightning's forward is its training_step and what runs "
+        "before it, its optimizer phase starts at on_before_optimizer_step and includes the gradient norm "
+        "the run record logs and the clip, 'rest' is the other hooks, logging and fetching the next batch):",
+        "",
+        "| configuration | " + " | ".join(f"{p}: Lightning / bare" for p in PHASES) + " |",
+        "|---|" + "---:|" * len(PHASES),
+    ]
+    for name, name_runs in runs.items():
+        steps = [
+            ph
+            for run in name_runs
+            for ph, measuring in zip(run["phases"], run["measuring"], strict=True)
+            if not measuring and "lightning" in ph
+        ]
+        if not steps:
+            continue
+        cells = [
+            f"{statistics.median(ph['lightning'][p] for ph in steps):.3f} / "
+            f"{statistics.median(ph['bare'][p] for ph in steps):.3f}"
+            for p in PHASES
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 if __name__ == "__main__":
