@@ -21,6 +21,9 @@ more between processes (a shared VM), which is more than the overhead being meas
   every thread: the progress bar's and the data loader's included). Time the VM's other tenants take
   from this process (steal) is not in it, so it drifts less than the wall-clock ratio; work Lightning
   adds shows in both.
+- **where the time goes**: the same steps split at Lightning's hooks (forward = ``training_step``,
+  backward, optimizer phase from ``on_before_optimizer_step``, and the rest) beside the bare step's
+  forward, backward and optimizer step.
 - **vs own process**: the Lightning step against ``benchmarks/peers.py``'s bare step run in a process
   of its own, before the rows (what the two would cost run separately, drift included).
 
