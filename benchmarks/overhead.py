@@ -11,7 +11,7 @@ more between processes (a shared VM), which is more than the overhead being meas
 
 - **paired** (the one to read): inside each run, :class:`PairedBareStep` takes one bare step of the
   run's own network with the run's own optimizer (zero_grad, forward, loss, backward, optimizer
-  step, in Lightning's order; no Lightning, no clipping, no callback) on the same batch just before
+  step, zero_grad, as peers.py's step; no Lightning, no clipping, no callback) on the same batch just before
   every Lightning iteration, and times the Lightning iteration as everything between the end of one
   bare step and the start of the next (the other callbacks' hooks, the training step, clipping, the
   optimizer step, logging, fetching the next batch). Each Lightning iteration is divided by the bare
@@ -131,14 +131,16 @@ class PairedBareStep(L.Callback):
             self._close_lightning_phases(start)
         self._marks = {}
         optimizer = trainer.optimizers[0]  # the run's own (FlatAdamW on the CPU), not Lightning's wrapper
-        # in Lightning's order: zero_grad first (the last Lightning step's gradients are still there,
-        # and backward would add to them), then forward, backward, the optimizer step
+        # zero_grad first, in case the Lightning step left gradients (backward would add to them)
         optimizer.zero_grad(set_to_none=True)
         loss = pl_module._loss(batch)[0]  # the LM task's own loss, without its logging
         forward_end = time.perf_counter()
         loss.backward()
         backward_end = time.perf_counter()
         optimizer.step()
+        # as peers.py's bare step and normlab's task (TransformerTask.optimizer_step) do: free the
+        # gradients right after the step, so the next forward (Lightning's) runs without them
+        optimizer.zero_grad(set_to_none=True)
         float(loss)  # the host sync the bare benchmark step has too
         self._end, self._end_cpu = time.perf_counter(), time.process_time()
         bare_phases = {"forward": forward_end - start, "backward": backward_end - forward_end}
@@ -191,7 +193,12 @@ def through_train(depth: int, steps: int, extra: list[str], out: Path) -> dict[s
         *extra,
         PAIRED,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "benchmarks")}
+    # this checkout's normlab (not whichever one the environment installed), and PairedBareStep
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "benchmarks")]),
+    }
     proc = subprocess.run(
         [sys.executable, "train.py", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=3600
     )
