@@ -34,7 +34,7 @@ from normlab.distributed import parallelize
 from normlab.errors import ConfigError
 from normlab.models.init import materialize
 from normlab.norms.registry import get_strategy_class
-from normlab.optimizer import build_optimizer, grad_norm_of, lr_factor
+from normlab.optimizer import build_optimizer, clip_grads_with_norm, grad_norm_of, lr_factor
 from normlab.progress import ProgressDriven, check_driven, scheduled_modules
 from normlab.typed_config import as_plain, to_dataclass
 
@@ -200,11 +200,11 @@ class TransformerTask(L.LightningModule):
         """Lightning's step, then the gradients are freed at once (set to None), before the next
         forward, instead of where Lightning's closure frees them: after the next forward, just before
         its backward. The numbers are the same (each backward starts from no gradients either way;
-        with gradient accumulation this runs only at the end of a window). What changes is speed: at
-        depth 1000 a backward that follows a forward taken while the old gradients were still alive
-        measured ~5% slower (benchmarks/overhead.py, README "What Lightning and the callbacks cost").
-        So the gradients are gone by ``on_train_batch_end``; read them in ``on_before_optimizer_step``,
-        as normlab's callbacks do."""
+        with gradient accumulation this runs only at the end of a window). What changes is speed: a
+        forward and backward taken while the last step's gradients are still alive measured slower
+        at depth 1000 (``benchmarks/gradient_lifetime.py``; README, "What Lightning and the callbacks
+        cost"). So the gradients are gone by ``on_train_batch_end``; read them in
+        ``on_before_optimizer_step``, as normlab's callbacks do."""
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         optimizer.zero_grad(set_to_none=True)
 
@@ -225,7 +225,7 @@ class TransformerTask(L.LightningModule):
             return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
         norm = self.step_grad_norm()
         if norm is not None:
-            torch.nn.utils.clip_grads_with_norm_(self.trainable_parameters(), gradient_clip_val, norm)
+            clip_grads_with_norm(self.trainable_parameters(), gradient_clip_val, norm)
 
     # --- checkpoints ------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -1,0 +1,54 @@
+"""``optimizer.clip_grads_with_norm`` skips the multiplication when the clip coefficient clamps to 1
+(on the CPU) and is bit-identical to ``torch.nn.utils.clip_grads_with_norm_`` for every norm: below,
+at and above the threshold, zero, inf and nan."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from normlab.optimizer import clip_grads_with_norm, grad_norm_of
+
+
+def _params(scale: float) -> list[torch.nn.Parameter]:
+    g = torch.Generator().manual_seed(3)
+    params = [torch.nn.Parameter(torch.randn(n, generator=g)) for n in (7, 64, 33, 1)]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g) * scale
+    params.append(torch.nn.Parameter(torch.zeros(5)))  # a parameter without a gradient
+    return params
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1e-2, 10.0, 1e4])
+@pytest.mark.parametrize("max_norm", [0.5, 1.0])
+def test_bit_identical_to_torch_for_real_norms(scale: float, max_norm: float) -> None:
+    ours, theirs = _params(scale), _params(scale)
+    norm = grad_norm_of(ours)
+    clip_grads_with_norm(ours, max_norm, norm)
+    torch.nn.utils.clip_grads_with_norm_(theirs, max_norm, grad_norm_of(theirs))
+    for a, b in zip(ours, theirs, strict=True):
+        assert (a.grad is None and b.grad is None) or torch.equal(a.grad, b.grad)
+    clipped = float(norm) > max_norm + 1e-6
+    assert clipped == (scale >= 10.0)  # both regimes are really exercised
+
+
+@pytest.mark.parametrize("norm", [0.0, 1.0 - 1e-6, 1.0, 1.0 + 1e-3, math.inf, math.nan])
+def test_bit_identical_at_the_threshold_and_for_non_finite_norms(norm: float) -> None:
+    ours, theirs = _params(1.0), _params(1.0)
+    clip_grads_with_norm(ours, 1.0, torch.tensor(norm))
+    torch.nn.utils.clip_grads_with_norm_(theirs, 1.0, torch.tensor(norm))
+    for a, b in zip(ours, theirs, strict=True):
+        if a.grad is not None:
+            assert torch.equal(a.grad, b.grad) or (a.grad.isnan().all() and b.grad.isnan().all())
+
+
+def test_within_the_threshold_nothing_is_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    params = _params(1e-3)
+    calls: list[int] = []
+    monkeypatch.setattr(torch, "_foreach_mul_", lambda *a, **k: calls.append(1))
+    clip_grads_with_norm(params, 1.0, grad_norm_of(params))
+    assert calls == []
+    clip_grads_with_norm(params, 1e-9, grad_norm_of(params))  # above: torch's multiplication runs
+    assert calls == [1]
