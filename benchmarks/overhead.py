@@ -179,9 +179,11 @@ def bare(depth: int, steps: int) -> float:
     return row["step_s"]
 
 
-def through_train(depth: int, steps: int, extra: list[str], out: Path) -> dict[str, list[float]]:
-    args = [
-        "model.norm=deepnorm",
+def train_args(depth: int, steps: int, extra: list[str], out: Path, norm: str = "deepnorm") -> list[str]:
+    """The ``python train.py`` overrides of a row: the bare step's model and shapes, ``steps`` + 2
+    steps, no validation, no test, one thread (also used by benchmarks/callback_costs.py)."""
+    return [
+        f"model.norm={norm}",
         f"model.depth={depth}",
         "model.pos_encoding=none",
         "data.tokenizer.vocab_size=8000",  # the bare step's vocabulary
@@ -191,9 +193,11 @@ def through_train(depth: int, steps: int, extra: list[str], out: Path) -> dict[s
         "compute.threads=1",
         f"hydra.run.dir={out}",
         *extra,
-        PAIRED,
     ]
-    # this checkout's normlab (not whichever one the environment installed), and PairedBareStep
+
+
+def through_train(depth: int, steps: int, extra: list[str], out: Path) -> dict[str, list[float]]:
+    args = [*train_args(depth, steps, extra, out), PAIRED]
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",

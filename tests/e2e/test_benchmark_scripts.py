@@ -1,8 +1,10 @@
 """The benchmark scripts still run (they are not timed here: speed is never asserted in tests).
 
 A smoke run of ``benchmarks/peers.py`` at depth 2 for normlab and the plain stack, with one normlab
-variant, and of ``benchmarks/optimizer_step.py``: both finish, write the table they promise, and the
-models they compare have the same parameter count (the peers' premise: the same model)."""
+variant, of ``benchmarks/optimizer_step.py``, ``benchmarks/gradient_lifetime.py`` and
+``benchmarks/callback_costs.py`` (a real ``train.py`` run under Lightning's profiler): they finish and
+write the table they promise, and the models peers compares have the same parameter count (the
+peers' premise: the same model)."""
 
 from __future__ import annotations
 
@@ -51,6 +53,27 @@ def test_optimizer_step_benchmark_runs() -> None:
         "| foreach |",
         "| FlatAdamW (default) |",
         "| fused (optim.fused=true) |",
-        "clip to norm",
+        "clip to norm 1.0, a step whose norm is above it",
+        "clip to norm 1.0, a step whose norm is within it",
     ):
         assert name in table
+
+
+def test_gradient_lifetime_benchmark_runs(tmp_path: Path) -> None:
+    out = tmp_path / "lifetime"
+    _run(["benchmarks/gradient_lifetime.py", "--depth", "2", "--rounds", "2", "--out", str(out)])
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert len(result["freed"]) == len(result["kept"]) == 2
+    assert all(f > 0 and b > 0 for f, b in result["freed"] + result["kept"])
+    assert "| kept until after the next forward (Lightning) |" in out.with_suffix(".md").read_text()
+
+
+def test_callback_costs_reads_lightnings_profile_of_a_real_run(tmp_path: Path) -> None:
+    out = tmp_path / "callbacks"
+    _run(["benchmarks/callback_costs.py", "--depth", "2", "--steps", "3", "--out", str(out)])
+    rows = {r["action"]: r for r in json.loads(out.with_suffix(".json").read_text())["deepnorm"]}
+    guard = rows["[Callback]DivergenceGuard.on_before_optimizer_step"]
+    assert guard["calls"] == 3 and guard["total_s"] > 0
+    assert rows["[LightningModule]LanguageModelTask.configure_gradient_clipping"]["calls"] == 3
+    table = out.with_suffix(".md").read_text()
+    assert "| deepnorm | [Callback]DivergenceGuard.on_before_optimizer_step | 3 |" in table
