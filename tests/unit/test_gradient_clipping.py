@@ -9,12 +9,9 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from normlab.tasks.lm import LanguageModelTask
-
-MODEL = {"norm": "deepnorm", "depth": 3, "d_model": 32, "n_heads": 4, "d_ffn": 64, "pos_encoding": "none"}
-VOCAB = 50
+from tests.task_helpers import VOCAB, fit_tiny_lm, flat_weights, random_lm_batches, tiny_lm_model
 
 
 class LightningClipping(LanguageModelTask):
@@ -31,32 +28,21 @@ class NormRecorder(L.Callback):
         self.norms.append(float(pl_module.step_grad_norm()))
 
 
-def _batches() -> list[dict[str, torch.Tensor]]:
-    g = torch.Generator().manual_seed(5)
-    ids = torch.randint(0, VOCAB, (6, 4, 9), generator=g)
-    return [{"input_ids": x[:, :-1], "labels": x[:, 1:]} for x in ids]
-
-
 def _fit(
     root: Path, task_class: type, clip: float | None, algorithm: str | None = None
 ) -> tuple[torch.Tensor, list]:
-    torch.manual_seed(0)
-    task = task_class(model=MODEL, optim={"lr": 1e-2, "warmup_steps": 0}, vocab_size=VOCAB, seed=0)
     recorder = NormRecorder()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        default_root_dir=root,  # the run record writes metrics.json there
+    task = fit_tiny_lm(
+        task_class,
+        root,
+        "deepnorm",
+        random_lm_batches(6),
+        [recorder],
         max_steps=6,
         gradient_clip_val=clip,
         gradient_clip_algorithm=algorithm,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[recorder],
     )
-    trainer.fit(task, DataLoader(_batches(), batch_size=None))
-    return torch.cat([p.detach().flatten() for p in task.parameters()]), recorder.norms
+    return flat_weights(task), recorder.norms
 
 
 @pytest.mark.parametrize("clip", [0.05, 1.0])
@@ -77,7 +63,7 @@ def test_value_clipping_takes_lightnings_path(tmp_path: Path) -> None:
 
 
 def test_the_parameter_list_is_built_once_per_fit() -> None:
-    task = LanguageModelTask(model=MODEL, optim={}, vocab_size=VOCAB, seed=0)
+    task = LanguageModelTask(model=tiny_lm_model("deepnorm"), optim={}, vocab_size=VOCAB, seed=0)
     task.configure_model()
     first = task.trainable_parameters()
     assert task.trainable_parameters() is first

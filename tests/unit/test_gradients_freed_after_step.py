@@ -8,12 +8,9 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from normlab.tasks.lm import LanguageModelTask
-
-MODEL = {"norm": "preln", "depth": 3, "d_model": 32, "n_heads": 4, "d_ffn": 64, "pos_encoding": "none"}
-VOCAB = 50
+from tests.task_helpers import fit_tiny_lm, flat_weights, random_lm_batches
 
 
 class LightningOrder(LanguageModelTask):
@@ -35,25 +32,17 @@ class GradientWatcher(L.Callback):
 
 
 def _fit(task_class: type, accumulate: int, tmp_path) -> tuple[torch.Tensor, GradientWatcher]:
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(5)
-    ids = torch.randint(0, VOCAB, (8, 4, 9), generator=g)
-    batches = [{"input_ids": x[:, :-1], "labels": x[:, 1:]} for x in ids]
-    task = task_class(model=MODEL, optim={"lr": 1e-2, "warmup_steps": 0}, vocab_size=VOCAB, seed=0)
     watcher = GradientWatcher()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        default_root_dir=tmp_path,
+    task = fit_tiny_lm(
+        task_class,
+        tmp_path,
+        "preln",
+        random_lm_batches(8),
+        [watcher],
         max_steps=8 // accumulate,
         accumulate_grad_batches=accumulate,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[watcher],
     )
-    trainer.fit(task, DataLoader(batches, batch_size=None))
-    return torch.cat([p.detach().flatten() for p in task.parameters()]), watcher
+    return flat_weights(task), watcher
 
 
 @pytest.mark.parametrize("accumulate", [1, 2])
