@@ -1,4 +1,5 @@
-"""The optimizer every task builds, its learning-rate schedule, and the gradient norm of a step.
+"""The optimizer every task builds, its learning-rate schedule, the gradient norm of a step and the
+clip by that norm.
 
 Its own module, free of Lightning, so that what a training step costs can be measured (and reused,
 e.g. by ``benchmarks/peers.py``) without the trainer: the tasks, the divergence guard and the
@@ -39,8 +40,10 @@ def clip_grads_with_norm(params: list[nn.Parameter], max_norm: float, total_norm
     """``torch.nn.utils.clip_grads_with_norm_``, but when the norm lives on the CPU and the clip
     coefficient clamps to 1 (the norm is within ``max_norm``), nothing is multiplied: torch multiplies
     every gradient by exactly 1.0 then, only to avoid a device sync (its own comment says so), and
-    ``x * 1.0 == x`` for every float, so the result is bit-identical. At depth 1000 that is ~12,000
-    multiplications skipped on every step that does not clip (``benchmarks/optimizer_step.py``)."""
+    ``x * 1.0 == x`` for every normal float, inf and nan, so the result is bit-identical. (A subnormal
+    would become 0 under ``compute.flush_denormal``, but gradients computed in that mode hold none.)
+    At depth 1000 that is ~12,000 multiplications skipped on every step that does not clip
+    (``benchmarks/optimizer_step.py``)."""
     if total_norm.device.type == "cpu" and bool(torch.clamp(max_norm / (total_norm + 1e-6), max=1.0) == 1.0):
         return
     torch.nn.utils.clip_grads_with_norm_(params, max_norm, total_norm)

@@ -59,13 +59,18 @@ def test_optimizer_step_benchmark_runs() -> None:
         assert name in table
 
 
-def test_gradient_lifetime_benchmark_runs(tmp_path: Path) -> None:
+def test_gradient_lifetime_benchmark_runs_both_parts(tmp_path: Path) -> None:
     out = tmp_path / "lifetime"
     _run(["benchmarks/gradient_lifetime.py", "--depth", "2", "--rounds", "2", "--out", str(out)])
     result = json.loads(out.with_suffix(".json").read_text())
-    assert len(result["freed"]) == len(result["kept"]) == 2
-    assert all(f > 0 and b > 0 for f, b in result["freed"] + result["kept"])
-    assert "| kept until after the next forward (Lightning) |" in out.with_suffix(".md").read_text()
+    loop, train = result["loop"], result["train"]
+    assert len(loop["freed"]) == len(loop["kept"]) == 2
+    assert all(f > 0 and b > 0 for f, b in loop["freed"] + loop["kept"])
+    # python train.py with the alternating callback: 7 steps, 4 after warm-up, 2 (freed, kept) pairs
+    assert len(train["pairs"]) == 2 and all(t > 0 for pair in train["pairs"] for t in pair)
+    table = out.with_suffix(".md").read_text()
+    assert "| kept until after the next forward (Lightning) |" in table
+    assert "| gradients kept through the next forward (Lightning's order) |" in table
 
 
 def test_callback_costs_reads_lightnings_profile_of_a_real_run(tmp_path: Path) -> None:

@@ -52,3 +52,16 @@ def test_within_the_threshold_nothing_is_written(monkeypatch: pytest.MonkeyPatch
     assert calls == []
     clip_grads_with_norm(params, 1e-9, grad_norm_of(params))  # above: torch's multiplication runs
     assert calls == [1]
+
+
+@pytest.mark.parametrize("scale", [1e-3, 10.0])
+def test_bit_identical_for_bfloat16_gradients(scale: float) -> None:
+    ours, theirs = _params(scale), _params(scale)
+    for p in ours + theirs:
+        p.data = p.data.bfloat16()
+        if p.grad is not None:
+            p.grad = p.grad.bfloat16()
+    clip_grads_with_norm(ours, 1.0, grad_norm_of(ours))
+    torch.nn.utils.clip_grads_with_norm_(theirs, 1.0, grad_norm_of(theirs))
+    for a, b in zip(ours, theirs, strict=True):
+        assert (a.grad is None and b.grad is None) or torch.equal(a.grad, b.grad)

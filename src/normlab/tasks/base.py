@@ -203,10 +203,10 @@ class TransformerTask(L.LightningModule):
         with gradient accumulation this runs only at the end of a window). What changes is speed: a
         forward and backward taken while the last step's gradients are still alive measured slower
         at depth 1000 (``benchmarks/gradient_lifetime.py``; README, "What Lightning and the callbacks
-        cost"). So the gradients are gone by ``on_train_batch_end``; read them in
-        ``on_before_optimizer_step``, as normlab's callbacks do."""
+        cost"). So under automatic optimisation the gradients are gone by ``on_train_batch_end``; read
+        them in ``on_before_optimizer_step``, as normlab's callbacks do."""
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        optimizer.zero_grad(set_to_none=True)
+        self.optimizer_zero_grad(epoch, batch_idx, optimizer)  # Lightning's hook: a subclass may override it
 
     def on_before_zero_grad(self, optimizer: torch.optim.Optimizer) -> None:
         self._grad_norm_cache = None  # the step is taken: the next gradients are new ones
