@@ -17,6 +17,7 @@ test: timings are evidence, never assertions (README, "Benchmarks").
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import re
 import subprocess
@@ -60,7 +61,9 @@ def read_report(output: str) -> list[dict[str, Any]]:
     return rows
 
 
-def profile(norm: str, depth: int, steps: int) -> list[dict[str, Any]]:
+def profile(norm: str, depth: int, steps: int) -> dict[str, Any]:
+    """The profiler's rows of one run, and the gradient norm of each of its steps (from the run
+    record's train_curve.csv: whether the clip had work to do)."""
     with tempfile.TemporaryDirectory() as tmp:
         # train_args counts two warm-up steps on top: the profile covers all `steps`
         args = train_args(depth, steps - 2, ["+trainer.profiler=simple"], Path(tmp), norm=norm)
@@ -73,12 +76,14 @@ def profile(norm: str, depth: int, steps: int) -> list[dict[str, Any]]:
             cwd=ROOT,
             timeout=3600,
         )
-    if proc.returncode:
-        raise RuntimeError(f"{norm}: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+        if proc.returncode:
+            raise RuntimeError(f"{norm}: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+        with open(Path(tmp) / "train_curve.csv", newline="") as f:
+            grad_norms = [float(row["grad_norm"]) for row in csv.DictReader(f)]
     output = proc.stdout + proc.stderr  # Lightning logs the report (stderr)
     if "FIT Profiler Report" not in output:
         raise RuntimeError(f"{norm}: train.py printed no profiler report")
-    return read_report(output)
+    return {"rows": read_report(output), "grad_norms": grad_norms}
 
 
 def selected(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -107,11 +112,18 @@ def table(results: dict[str, list[dict[str, Any]]], depth: int, steps: int) -> l
         "| norm | action | calls | mean ms per call | total s |",
         "|---|---|---:|---:|---:|",
     ]
-    for norm, rows in results.items():
-        for r in selected(rows):
+    for norm, run in results.items():
+        for r in selected(run["rows"]):
             lines.append(
                 f"| {norm} | {r['action']} | {r['calls']} | {r['mean_s'] * 1e3:.2f} | {r['total_s']:.3f} |"
             )
+    for norm, run in results.items():
+        norms = run["grad_norms"]
+        clipped = sum(n > 1.0 for n in norms)
+        lines.append(
+            f"\n{norm}: gradient norms of the {len(norms)} steps {min(norms):.2f}-{max(norms):.2f}, "
+            f"{clipped} of them above the clip (1.0)."
+        )
     return lines
 
 

@@ -76,7 +76,9 @@ def test_gradient_lifetime_benchmark_runs_both_parts(tmp_path: Path) -> None:
 def test_callback_costs_reads_lightnings_profile_of_a_real_run(tmp_path: Path) -> None:
     out = tmp_path / "callbacks"
     _run(["benchmarks/callback_costs.py", "--depth", "2", "--steps", "3", "--out", str(out)])
-    rows = {r["action"]: r for r in json.loads(out.with_suffix(".json").read_text())["deepnorm"]}
+    run = json.loads(out.with_suffix(".json").read_text())["deepnorm"]
+    rows = {r["action"]: r for r in run["rows"]}
+    assert len(run["grad_norms"]) == 3 and all(n > 0 for n in run["grad_norms"])
     guard = rows["[Callback]DivergenceGuard.on_before_optimizer_step"]
     assert guard["calls"] == 3 and guard["total_s"] > 0
     assert rows["[LightningModule]LanguageModelTask.configure_gradient_clipping"]["calls"] == 3
