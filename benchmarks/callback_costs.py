@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from overhead import ROOT, train_args
+from overhead import run_train, train_args
 from results_io import publish
 
 SCALE = (
@@ -66,18 +64,10 @@ def profile(norm: str, depth: int, steps: int) -> dict[str, Any]:
     record's train_curve.csv: whether the clip had work to do)."""
     with tempfile.TemporaryDirectory() as tmp:
         # train_args counts two warm-up steps on top: the profile covers all `steps`
-        args = train_args(depth, steps - 2, ["+trainer.profiler=simple"], Path(tmp), norm=norm)
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-        proc = subprocess.run(
-            [sys.executable, "train.py", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=ROOT,
-            timeout=3600,
-        )
-        if proc.returncode:
-            raise RuntimeError(f"{norm}: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+        try:
+            proc = run_train(train_args(depth, steps - 2, ["+trainer.profiler=simple"], Path(tmp), norm=norm))
+        except RuntimeError as error:
+            raise RuntimeError(f"{norm}: {error}") from None
         with open(Path(tmp) / "train_curve.csv", newline="") as f:
             grad_norms = [float(row["grad_norm"]) for row in csv.DictReader(f)]
     output = proc.stdout + proc.stderr  # Lightning logs the report (stderr)

@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,7 +42,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from overhead import ROOT, train_args
+from overhead import run_train, train_args
 from peers import BATCH, SEQ, VOCAB, build_normlab
 from results_io import publish
 
@@ -159,19 +158,7 @@ def through_train(norm: str, depth: int, rounds: int) -> dict[str, Any]:
             "callbacks=none",
             "+callbacks.lifetime._target_=gradient_lifetime.KeepGradientsOnAlternateSteps",
         ]
-        args = train_args(depth, 2 * rounds + 1, extra, Path(tmp), norm=norm)
-        paths = [str(ROOT / "src"), str(ROOT / "benchmarks")]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(paths)}
-        proc = subprocess.run(
-            [sys.executable, "train.py", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=ROOT,
-            timeout=3600,
-        )
-        if proc.returncode:
-            raise RuntimeError((proc.stderr.strip().splitlines() or ["?"])[-1])
+        run_train(train_args(depth, 2 * rounds + 1, extra, Path(tmp), norm=norm))
         record = json.loads((Path(tmp) / "lifetime.json").read_text())
     steps = list(zip(record["kept"], record["wall_s"], record["cpu_s"], strict=True))[3:]  # after warm-up
     pairs = [(a, b) for a, b in zip(steps, steps[1:], strict=False) if not a[0] and b[0]]  # freed, then kept

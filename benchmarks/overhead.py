@@ -196,8 +196,11 @@ def train_args(depth: int, steps: int, extra: list[str], out: Path, norm: str = 
     ]
 
 
-def through_train(depth: int, steps: int, extra: list[str], out: Path) -> dict[str, list[float]]:
-    args = [*train_args(depth, steps, extra, out), PAIRED]
+def run_train(args: list[str]) -> subprocess.CompletedProcess:
+    """``python train.py <args>`` of this checkout with one thread, this checkout's ``src/`` (not
+    whichever normlab the environment installed) and ``benchmarks/`` (the benchmark callbacks) on
+    the path; a failed run raises with its last line (also used by callback_costs and
+    gradient_lifetime)."""
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -207,7 +210,12 @@ def through_train(depth: int, steps: int, extra: list[str], out: Path) -> dict[s
         [sys.executable, "train.py", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=3600
     )
     if proc.returncode:
-        raise RuntimeError(proc.stderr.strip().splitlines()[-1])
+        raise RuntimeError((proc.stderr.strip().splitlines() or ["train.py failed"])[-1])
+    return proc
+
+
+def through_train(depth: int, steps: int, extra: list[str], out: Path) -> dict[str, list[float]]:
+    run_train([*train_args(depth, steps, extra, out), PAIRED])
     paired = json.loads((out / "paired.json").read_text())
     return {key: values[2:] for key, values in paired.items()}  # after two warm-up steps
 
