@@ -181,7 +181,7 @@ def bare(depth: int, steps: int) -> float:
 
 def train_args(depth: int, steps: int, extra: list[str], out: Path, norm: str = "deepnorm") -> list[str]:
     """The ``python train.py`` overrides of a row: the bare step's model and shapes, ``steps`` + 2
-    steps, no validation, no test, one thread (also used by benchmarks/callback_costs.py)."""
+    steps, no validation, no test, one thread (also used by callback_costs and gradient_lifetime)."""
     return [
         f"model.norm={norm}",
         f"model.depth={depth}",

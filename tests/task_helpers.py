@@ -1,5 +1,6 @@
-"""One way to train the LM task for a few steps on random tokens with a bare Lightning Trainer (no
-logger, checkpoints or progress bar), shared by the tests that compare two ways of taking a step."""
+"""A bare Lightning Trainer (no logger, checkpoints, progress bar or summary) for the tests that
+drive a task directly, and one way to train the LM task for a few steps on random tokens with it,
+shared by the tests that compare two ways of taking a step."""
 
 from __future__ import annotations
 
@@ -24,6 +25,20 @@ def random_lm_batches(n: int, seed: int = 5) -> list[dict[str, torch.Tensor]]:
     return [{"input_ids": x[:, :-1], "labels": x[:, 1:]} for x in ids]
 
 
+def bare_trainer(root: Path | str, **kwargs: Any) -> L.Trainer:
+    """A CPU Trainer without logger, checkpoints, progress bar or model summary; its run record goes
+    to ``root`` (a temporary folder, never the repository)."""
+    return L.Trainer(
+        accelerator="cpu",
+        default_root_dir=str(root),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
+
+
 def fit_tiny_lm(
     task_class: type, root: Path, norm: str, batches: list, callbacks: list, **trainer_kwargs: Any
 ) -> L.LightningModule:
@@ -32,16 +47,7 @@ def fit_tiny_lm(
     torch.manual_seed(0)
     optim = {"lr": 1e-2, "warmup_steps": 0}
     task = task_class(model=tiny_lm_model(norm), optim=optim, vocab_size=VOCAB, seed=0)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        default_root_dir=root,  # the run record writes metrics.json there
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-        **trainer_kwargs,
-    )
+    trainer = bare_trainer(root, callbacks=callbacks, **trainer_kwargs)
     trainer.fit(task, DataLoader(batches, batch_size=None))
     return task
 

@@ -16,6 +16,7 @@ from normlab.data.mlm import mask_tokens, pair_windows
 from normlab.errors import ConfigError
 from normlab.tasks.classify import PairClassificationTask
 from normlab.tasks.mlm import MaskedLMTask
+from tests.task_helpers import bare_trainer
 
 V = 300
 MODEL = {"arch": "encoder", "norm": "postln", "depth": 2, "d_model": 32, "n_heads": 2, "d_ffn": 64}
@@ -23,17 +24,7 @@ TOKENIZER = '{"model": "pretend tokenizer A"}'  # init_from compares the json st
 
 
 def _trainer(**kwargs) -> L.Trainer:
-    """A bare Trainer; its run record goes to a temporary folder, never into the repository."""
-    return L.Trainer(
-        default_root_dir=tempfile.mkdtemp(prefix="normlab-test-"),
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kwargs,
-    )
+    return bare_trainer(tempfile.mkdtemp(prefix="normlab-test-"), devices=1, **kwargs)
 
 
 def _loader(*batches: dict[str, torch.Tensor]) -> DataLoader:

@@ -17,6 +17,7 @@ from normlab.callbacks.run_record import RunRecord
 from normlab.callbacks.schedule import ScheduleCallback
 from normlab.errors import ConfigError
 from normlab.run import train
+from tests.task_helpers import bare_trainer
 
 pytestmark = pytest.mark.slow
 
@@ -184,16 +185,7 @@ def _bare_task_and_data(make_cfg, tmp_path: Path):
 
 
 def _bare_trainer(tmp_path: Path, steps: int) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(tmp_path),
-    )
+    return bare_trainer(tmp_path, max_steps=steps, limit_val_batches=0)
 
 
 def test_a_bare_trainer_gets_the_schedule_from_the_task(make_cfg, tmp_path: Path) -> None:

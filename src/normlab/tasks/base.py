@@ -197,10 +197,11 @@ class TransformerTask(L.LightningModule):
         optimizer: Any,
         optimizer_closure: Any = None,
     ) -> None:
-        """Lightning's step, then the gradients are freed at once (set to None), before the next
-        forward, instead of where Lightning's closure frees them: after the next forward, just before
-        its backward. The numbers are the same (each backward starts from no gradients either way;
-        with gradient accumulation this runs only at the end of a window). What changes is speed: a
+        """Lightning's step, then the gradients are freed at once (Lightning's ``optimizer_zero_grad``
+        hook: set to None unless a subclass overrides it), before the next forward, instead of where
+        Lightning's closure frees them: after the next forward, just before its backward. The numbers
+        are the same (each backward starts from no gradients either way; with gradient accumulation
+        this runs only at the end of a window). What changes is speed: a
         forward and backward taken while the last step's gradients are still alive measured slower
         at depth 1000 (``benchmarks/gradient_lifetime.py``; README, "What Lightning and the callbacks
         cost"). So under automatic optimisation the gradients are gone by ``on_train_batch_end``; read
