@@ -1,6 +1,8 @@
 """``optimizer.clip_grads_with_norm`` skips the multiplication when the clip coefficient clamps to 1
-(on the CPU) and is bit-identical to ``torch.nn.utils.clip_grads_with_norm_`` for every norm: below,
-at and above the threshold, zero, inf and nan."""
+(on the CPU), multiplies directly when the gradients are one foreach group, and is bit-identical to
+``torch.nn.utils.clip_grads_with_norm_`` for every norm: below, at and above the threshold, zero, inf
+and nan. ``optimizer.grad_norm_of`` is bit-identical to ``torch.nn.utils.get_total_norm`` on its fast
+path and on torch's."""
 
 from __future__ import annotations
 
@@ -27,7 +29,9 @@ def test_bit_identical_to_torch_for_real_norms(scale: float, max_norm: float) ->
     ours, theirs = _params(scale), _params(scale)
     norm = grad_norm_of(ours)
     clip_grads_with_norm(ours, max_norm, norm)
-    torch.nn.utils.clip_grads_with_norm_(theirs, max_norm, grad_norm_of(theirs))
+    reference = torch.nn.utils.get_total_norm([p.grad for p in theirs if p.grad is not None])
+    assert torch.equal(norm, reference)
+    torch.nn.utils.clip_grads_with_norm_(theirs, max_norm, reference)
     for a, b in zip(ours, theirs, strict=True):
         assert (a.grad is None and b.grad is None) or torch.equal(a.grad, b.grad)
     clipped = float(norm) > max_norm + 1e-6
@@ -62,6 +66,68 @@ def test_bit_identical_for_bfloat16_gradients(scale: float) -> None:
         if p.grad is not None:
             p.grad = p.grad.bfloat16()
     clip_grads_with_norm(ours, 1.0, grad_norm_of(ours))
-    torch.nn.utils.clip_grads_with_norm_(theirs, 1.0, grad_norm_of(theirs))
+    torch.nn.utils.clip_grads_with_norm_(
+        theirs, 1.0, torch.nn.utils.get_total_norm([p.grad for p in theirs if p.grad is not None])
+    )
     for a, b in zip(ours, theirs, strict=True):
         assert (a.grad is None and b.grad is None) or torch.equal(a.grad, b.grad)
+
+
+def _many_gradients(count: int, scale: float) -> list[torch.nn.Parameter]:
+    """A deep model's case: many tensors of mixed shapes (matrices, vectors, scalars)."""
+    g = torch.Generator().manual_seed(11)
+    shapes = [(64, 64), (256, 64), (64,), (1,), (3, 5, 7)]
+    params = [torch.nn.Parameter(torch.zeros(shapes[i % len(shapes)])) for i in range(count)]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g) * scale
+    return params
+
+
+@pytest.mark.parametrize("scale", [1e-20, 1e-3, 1.0, 1e18])
+def test_norm_fast_path_is_bit_identical_to_torch_and_taken(
+    monkeypatch: pytest.MonkeyPatch, scale: float
+) -> None:
+    params = _many_gradients(500, scale)
+    reference = torch.nn.utils.get_total_norm([p.grad for p in params])
+    monkeypatch.setattr(torch.nn.utils, "get_total_norm", _refuse)  # the fast path must not call it
+    assert torch.equal(grad_norm_of(params), reference)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 10.0])
+def test_mixed_dtypes_take_torchs_path_and_agree(monkeypatch: pytest.MonkeyPatch, scale: float) -> None:
+    ours, theirs = _many_gradients(50, scale), _many_gradients(50, scale)
+    for p in ours[::3] + theirs[::3]:
+        p.data, p.grad = p.data.double(), p.grad.double()
+    reference = torch.nn.utils.get_total_norm([p.grad for p in theirs])
+    torch.nn.utils.clip_grads_with_norm_(theirs, 1.0, reference)
+    calls: list[str] = []
+    total_norm, clip_ = torch.nn.utils.get_total_norm, torch.nn.utils.clip_grads_with_norm_
+    monkeypatch.setattr(
+        torch.nn.utils, "get_total_norm", lambda *a, **k: calls.append("norm") or total_norm(*a, **k)
+    )
+    monkeypatch.setattr(
+        torch.nn.utils, "clip_grads_with_norm_", lambda *a, **k: calls.append("clip") or clip_(*a, **k)
+    )
+    norm = grad_norm_of(ours)
+    clip_grads_with_norm(ours, 1.0, norm)
+    assert torch.equal(norm, reference)
+    assert calls == (["norm", "clip"] if scale > 1.0 else ["norm"])
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a.grad, b.grad)
+
+
+def test_clip_fast_path_is_bit_identical_to_torch_above_the_threshold(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ours, theirs = _many_gradients(500, 1.0), _many_gradients(500, 1.0)
+    norm = torch.nn.utils.get_total_norm([p.grad for p in theirs])
+    assert float(norm) > 1.0
+    torch.nn.utils.clip_grads_with_norm_(theirs, 1.0, norm)
+    monkeypatch.setattr(torch.nn.utils, "clip_grads_with_norm_", _refuse)
+    clip_grads_with_norm(ours, 1, norm)  # an int max_norm, as a config may give it
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a.grad, b.grad)
+
+
+def _refuse(*args: object, **kwargs: object) -> None:
+    raise AssertionError("torch's utility was called where the fast path applies")
