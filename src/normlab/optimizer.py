@@ -32,7 +32,8 @@ def grad_norm_of(params: list[nn.Parameter]) -> torch.Tensor | None:
     plain dense tensor on one CPU or CUDA device in one dtype (normlab's case without FSDP2). Then
     it runs what torch would run for that single group, the per-tensor ``_foreach_norm`` and the
     norm of the stacked norms, without torch's regrouping and a ``.to(device)`` per tensor, ~12,000
-    calls at depth 1000 (``benchmarks/optimizer_step.py`` times both)."""
+    calls at depth 1000: a few ms of the norm's 40-120 ms there (``benchmarks/optimizer_step.py``
+    times both)."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return None
@@ -45,8 +46,8 @@ def grad_norm_of(params: list[nn.Parameter]) -> torch.Tensor | None:
 
 
 def _one_foreach_group(tensors: list[torch.Tensor]) -> bool:
-    """True when torch's norm and clip utilities would put all of ``tensors`` in one group and take
-    their ``foreach`` kernel for it: plain (not DTensor or other subclass) dense tensors of one dtype
+    """True when torch's ``get_total_norm`` would put all of ``tensors`` in one group and take its
+    ``foreach`` kernel for it: plain (not DTensor or other subclass) dense tensors of one dtype
     on one CPU or CUDA device. Checked on every call: a few ms at depth 1000, so a contract that no
     caller can break silently."""
     first = tensors[0]
@@ -60,22 +61,17 @@ def _one_foreach_group(tensors: list[torch.Tensor]) -> bool:
 
 
 def clip_grads_with_norm(params: list[nn.Parameter], max_norm: float, total_norm: torch.Tensor) -> None:
-    """``torch.nn.utils.clip_grads_with_norm_``, bit-identical, in two ways cheaper.
+    """``torch.nn.utils.clip_grads_with_norm_``, bit-identical, skipping the no-op case.
 
     When the norm lives on the CPU and the clip coefficient clamps to 1 (the norm is within
     ``max_norm``), nothing is multiplied: torch multiplies every gradient by exactly 1.0 then, only to
     avoid a device sync (its own comment says so), and ``x * 1.0 == x`` for every normal float, inf
     and nan. (A subnormal would become 0 under ``compute.flush_denormal``, but gradients computed in
     that mode hold none.) At depth 1000 that is ~12,000 multiplications skipped on every step that
-    does not clip. When it clips and the gradients form one foreach group (see
-    :func:`grad_norm_of`), the one ``_foreach_mul_`` by torch's own clamped coefficient runs
-    directly, without torch's regrouping (``benchmarks/optimizer_step.py`` times both)."""
+    does not clip. When it clips, torch's own utility runs: calling its one ``_foreach_mul_``
+    directly measured no faster (``benchmarks/optimizer_step.py``)."""
     coefficient = torch.clamp(float(max_norm) / (total_norm + 1e-6), max=1.0)  # torch's formula, op for op
     if total_norm.device.type == "cpu" and bool(coefficient == 1.0):
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    if grads and _one_foreach_group(grads) and coefficient.device == grads[0].device:
-        torch._foreach_mul_(grads, coefficient)
         return
     torch.nn.utils.clip_grads_with_norm_(params, max_norm, total_norm)
 

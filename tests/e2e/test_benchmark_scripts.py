@@ -53,6 +53,7 @@ def test_optimizer_step_benchmark_runs() -> None:
         "| foreach |",
         "| FlatAdamW (default) |",
         "| fused (optim.fused=true) |",
+        "grad norm, one foreach group called directly (now)",
         "clip to norm 1.0, a step whose norm is above it",
         "clip to norm 1.0, a step whose norm is within it",
     ):
