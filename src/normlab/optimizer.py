@@ -32,8 +32,7 @@ def grad_norm_of(params: list[nn.Parameter]) -> torch.Tensor | None:
     plain dense tensor on one CPU or CUDA device in one dtype (normlab's case without FSDP2). Then
     it runs what torch would run for that single group, the per-tensor ``_foreach_norm`` and the
     norm of the stacked norms, without torch's regrouping and a ``.to(device)`` per tensor, ~12,000
-    calls at depth 1000: a few ms of the norm's 40-120 ms there (``benchmarks/optimizer_step.py``
-    times both)."""
+    calls at depth 1000 (``benchmarks/optimizer_step.py`` times both; the README has the numbers)."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return None
@@ -48,8 +47,8 @@ def grad_norm_of(params: list[nn.Parameter]) -> torch.Tensor | None:
 def _one_foreach_group(tensors: list[torch.Tensor]) -> bool:
     """True when torch's ``get_total_norm`` would put all of ``tensors`` in one group and take its
     ``foreach`` kernel for it: plain (not DTensor or other subclass) dense tensors of one dtype
-    on one CPU or CUDA device. Checked on every call: a few ms at depth 1000, so a contract that no
-    caller can break silently."""
+    on one CPU or CUDA device. Checked on every call, so a contract that no caller can break
+    silently."""
     first = tensors[0]
     device, dtype = first.device, first.dtype
     if device.type not in ("cpu", "cuda"):

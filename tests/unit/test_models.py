@@ -170,6 +170,9 @@ def test_gelu_fc2_step_gives_bit_identical_gradients(threads: int) -> None:
         torch.set_num_threads(before)
     for plain, fused in zip(*results, strict=True):
         assert torch.equal(plain, fused)
+    a, w, b = (t.clone().requires_grad_() for t in (a0, w0, b0))
+    (grad_w,) = torch.autograd.grad(GeluLinear.apply(a, w, b), w, grad)  # as backward returns it
+    assert grad_w.stride() == w.stride()  # the weight's layout, so AccumulateGrad need not copy it
 
 
 def test_gelu_fc2_step_saves_one_wide_tensor_fewer(monkeypatch) -> None:

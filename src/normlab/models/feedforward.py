@@ -25,8 +25,10 @@ ParamRole = tuple[nn.Parameter, Role, Site | None, slice | None]
 
 
 class GeluLinear(torch.autograd.Function):
-    """``y = gelu(a) @ W^T + b`` saving ``a`` only; backward recomputes ``gelu(a)`` and uses the same
-    kernels autograd uses for the two ops (``gelu_backward``, ``mm``, a sum for the bias)."""
+    """``y = gelu(a) @ W^T + b`` saving ``a`` only; backward recomputes ``gelu(a)`` and makes the same
+    calls autograd makes for the two ops (``gelu_backward``, ``mm`` on the same operands in the same
+    order, a sum for the bias). The weight's gradient comes out contiguous like the weight, so
+    AccumulateGrad keeps it as it is instead of copying it into the weight's layout."""
 
     @staticmethod
     def forward(ctx: Any, a: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -40,7 +42,7 @@ class GeluLinear(torch.autograd.Function):
         h = F.gelu(a)
         g2, h2 = grad.reshape(-1, grad.shape[-1]), h.reshape(-1, h.shape[-1])
         grad_h = g2.mm(weight).view(a.shape)
-        grad_w = h2.t().mm(g2).t()
+        grad_w = g2.t().mm(h2)  # autograd's own call for a linear's weight, contiguous as the weight
         grad_b = g2.sum(0) if ctx.has_bias else None
         return torch.ops.aten.gelu_backward(grad_h, a), grad_w, grad_b
 
