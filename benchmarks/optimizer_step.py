@@ -52,8 +52,8 @@ def optimizers(net: torch.nn.Module) -> dict[str, torch.optim.Optimizer]:
 
 def clip(params: list[torch.nn.Parameter], norm: float) -> None:
     """The task's clip to 1.0 with a given pre-clip norm: above 1.0 every gradient is multiplied
-    (torch's clip_grads_with_norm_); within it nothing is, since the coefficient clamps to 1.0 (torch would
-    still multiply by 1.0, to avoid a host sync that costs nothing on the CPU)."""
+    (torch's clip_grads_with_norm_); within it nothing is, since the coefficient clamps to 1.0 (torch
+    would still multiply by 1.0, to avoid a host sync that costs nothing on the CPU)."""
     clip_grads_with_norm(params, 1.0, torch.tensor(norm))
 
 

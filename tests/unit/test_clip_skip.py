@@ -28,7 +28,7 @@ def test_bit_identical_to_torch_for_real_norms(scale: float, max_norm: float) ->
     ours, theirs = _params(scale), _params(scale)
     norm = grad_norm_of(ours)
     clip_grads_with_norm(ours, max_norm, norm)
-    reference = torch.nn.utils.get_total_norm([p.grad for p in theirs if p.grad is not None])
+    reference = _torch_norm(theirs)
     assert torch.equal(norm, reference)
     torch.nn.utils.clip_grads_with_norm_(theirs, max_norm, reference)
     for a, b in zip(ours, theirs, strict=True):
@@ -65,9 +65,7 @@ def test_bit_identical_for_bfloat16_gradients(scale: float) -> None:
         if p.grad is not None:
             p.grad = p.grad.bfloat16()
     clip_grads_with_norm(ours, 1.0, grad_norm_of(ours))
-    torch.nn.utils.clip_grads_with_norm_(
-        theirs, 1.0, torch.nn.utils.get_total_norm([p.grad for p in theirs if p.grad is not None])
-    )
+    torch.nn.utils.clip_grads_with_norm_(theirs, 1.0, _torch_norm(theirs))
     for a, b in zip(ours, theirs, strict=True):
         assert (a.grad is None and b.grad is None) or torch.equal(a.grad, b.grad)
 
@@ -87,7 +85,7 @@ def test_norm_fast_path_is_bit_identical_to_torch_and_taken(
     monkeypatch: pytest.MonkeyPatch, scale: float
 ) -> None:
     params = _many_gradients(500, scale)
-    reference = torch.nn.utils.get_total_norm([p.grad for p in params])
+    reference = _torch_norm(params)
     monkeypatch.setattr(torch.nn.utils, "get_total_norm", _refuse)  # the fast path must not call it
     assert torch.equal(grad_norm_of(params), reference)
 
@@ -97,7 +95,7 @@ def test_mixed_dtypes_take_torchs_path_and_agree(monkeypatch: pytest.MonkeyPatch
     ours, theirs = _many_gradients(50, scale), _many_gradients(50, scale)
     for p in ours[::3] + theirs[::3]:
         p.data, p.grad = p.data.double(), p.grad.double()
-    reference = torch.nn.utils.get_total_norm([p.grad for p in theirs])
+    reference = _torch_norm(theirs)
     torch.nn.utils.clip_grads_with_norm_(theirs, 1.0, reference)
     calls: list[str] = []
     total_norm, clip_ = torch.nn.utils.get_total_norm, torch.nn.utils.clip_grads_with_norm_
@@ -117,12 +115,17 @@ def test_mixed_dtypes_take_torchs_path_and_agree(monkeypatch: pytest.MonkeyPatch
 
 def test_clip_above_the_threshold_with_an_int_max_norm_is_torchs() -> None:
     ours, theirs = _many_gradients(500, 1.0), _many_gradients(500, 1.0)
-    norm = torch.nn.utils.get_total_norm([p.grad for p in theirs])
+    norm = _torch_norm(theirs)
     assert float(norm) > 1.0
     torch.nn.utils.clip_grads_with_norm_(theirs, 1.0, norm)
     clip_grads_with_norm(ours, 1, norm)  # an int max_norm, as a config may give it
     for a, b in zip(ours, theirs, strict=True):
         assert torch.equal(a.grad, b.grad)
+
+
+def _torch_norm(params: list[torch.nn.Parameter]) -> torch.Tensor:
+    """The reference: torch's own utility over the gradients that exist."""
+    return torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
 
 
 def _refuse(*args: object, **kwargs: object) -> None:
