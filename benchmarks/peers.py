@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from peers_table import label, provenance, table
+
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB, D, HEADS, FFN, BATCH, SEQ = 8000, 64, 4, 256, 8, 64
 # normlab variants: what changes from the default path (the "variant" column)
@@ -164,17 +166,22 @@ def build_plain(norm: str, depth: int) -> tuple[Any, Any, Any]:
     return net, net, torch.optim.AdamW(net.parameters(), lr=1e-4)
 
 
-def measure(spec: dict[str, Any]) -> dict[str, Any]:
+def process_settings(threads: int = 1) -> None:
+    """What every measuring process sets first: one intra-op thread (0: torch's default, all cores, as
+    benchmarks/threads.py compares), subnormals flushed, seed 0."""
     import torch
-    import torch.nn.functional as F
 
-    from_path = spec.get("pythonpath")
-    if from_path:
-        sys.path.insert(0, from_path)
-    if spec.get("threads", 1):  # 0: torch's default (all cores), as benchmarks/threads.py compares
-        torch.set_num_threads(spec.get("threads", 1))
+    if threads:
+        torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
     torch.manual_seed(0)
+
+
+def build(spec: dict[str, Any]) -> dict[str, Any]:
+    """One implementation's network, forward, optimizer and batch on ``spec['device']``, and the
+    seconds it took to build."""
+    import torch
+
     start = time.perf_counter()
     impl, norm, depth = spec["impl"], spec["norm"], spec["depth"]
     device = torch.device(spec.get("device", "cpu"))
@@ -187,41 +194,91 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     if device.type != "cpu" and not impl.startswith("normlab"):  # normlab was built on the device
         net.to(device)
         optimizer = type(optimizer)(net.parameters(), lr=1e-4)
-    cuda = device.type == "cuda"
     build_s = time.perf_counter() - start
     net.train()
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, VOCAB, (BATCH, SEQ + 1), generator=g)
-    x, y = ids[:, :-1].to(device), ids[:, 1:].to(device)
-    autocast = spec.get("variant") == "bf16-mixed"
+    return {
+        "net": net,
+        "forward": forward,
+        "optimizer": optimizer,
+        "x": ids[:, :-1].to(device),
+        "y": ids[:, 1:].to(device),
+        "autocast": spec.get("variant") == "bf16-mixed",
+        "build_s": build_s,
+    }
+
+
+def train_step(built: dict[str, Any]) -> tuple[float, float]:
+    """One step (forward, fp32 cross-entropy, backward, optimizer step, zero_grad): (seconds, loss)."""
+    import torch
+    import torch.nn.functional as F
+
+    x, y = built["x"], built["y"]
+    cuda = x.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=built["autocast"]):
+        logits = built["forward"](x)
+    loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+    loss.backward()
+    built["optimizer"].step()
+    built["optimizer"].zero_grad(set_to_none=True)
+    value = float(loss.detach())  # a host sync, also on CUDA
+    return time.perf_counter() - t0, value
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """One configuration in this process: build, ``warmup`` + ``steps`` steps, the row."""
+    import torch
+
+    from_path = spec.get("pythonpath")
+    if from_path:
+        sys.path.insert(0, from_path)
+    process_settings(spec.get("threads", 1))
+    built = build(spec)
     times, losses = [], []
     for _ in range(spec["warmup"] + spec["steps"]):
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            logits = forward(x)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))  # a host sync, also on CUDA
-        times.append(time.perf_counter() - t0)
+        seconds, loss = train_step(built)
+        times.append(seconds)
+        losses.append(loss)
     timed = times[spec["warmup"] :]
     status = Path("/proc/self/status").read_text().splitlines()
     peak = next((int(s.split()[1]) / 1024 for s in status if s.startswith("VmHWM:")), math.nan)
+    device = built["x"].device
+    cuda = device.type == "cuda"
     if cuda:
         peak = torch.cuda.max_memory_allocated(device) / 2**20  # the GPU's peak, not the host's
     return {
         **spec,
         "step_s": statistics.median(timed),
         "first_step_s": times[0],
-        "build_s": build_s,
+        "build_s": built["build_s"],
         "peak_mb": peak,
-        "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
+        "params_m": sum(p.numel() for p in built["net"].parameters()) / 1e6,
         "tokens_per_s": BATCH * SEQ / statistics.median(timed),
         "losses": losses,
+        "machine": machine_name(device),
+        "torch": torch.__version__,
     }
+
+
+def machine_name(device: Any) -> str:
+    """The GPU's name on CUDA, else the CPU's."""
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+
+
+def _cpu_name() -> str:
+    """The CPU's model name as the kernel reports it (``/proc/cpuinfo``), else the platform's."""
+    import platform
+
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.exists() else []
+    names = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
+    return f"{names[0]} ({len(names)} logical CPUs)" if names else platform.processor() or "unknown CPU"
 
 
 def one_row_command(spec: dict[str, Any]) -> list[str]:
@@ -236,41 +293,10 @@ def read_row(stdout: str) -> dict[str, Any] | None:
     return json.loads(found[-1][4:]) if found else None
 
 
-# --- the table ---------------------------------------------------------------------------------
-def label(spec: dict[str, Any]) -> str:
-    name = spec["impl"]
-    variant = spec.get("variant", "default")
-    return name if variant == "default" or not name.startswith("normlab") else f"{name} ({variant})"
-
-
-def _ratio(a: float, b: float | None) -> str:
-    return "–" if b is None or not b else f"{a / b:.2f}"
-
-
-def table(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| implementation | norm | depth | step s (median of rounds) | per round | vs torchscale | vs plain "
-        "| tokens/s | peak MB | vs torchscale | build s |",
-        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault((label(r), r["norm"], r["depth"]), []).append(r)
-    step = {k: statistics.median(x["step_s"] for x in v) for k, v in groups.items()}
-    peak = {k: statistics.median(x["peak_mb"] for x in v) for k, v in groups.items()}
-    for key in sorted(groups, key=lambda k: (k[2], k[1], k[0])):
-        name, norm, depth = key
-        ts, plain = ("torchscale", norm, depth), ("plain", norm, depth)
-        group = groups[key]
-        rounds = ", ".join(f"{x['step_s']:.3f}" for x in group)
-        tokens = statistics.median(x["tokens_per_s"] for x in group)
-        build = statistics.median(x["build_s"] for x in group)
-        lines.append(
-            f"| {name} | {norm} | {depth} | {step[key]:.3f} | {rounds} | {_ratio(step[key], step.get(ts))} | "
-            f"{_ratio(step[key], step.get(plain))} | {tokens:.0f} | {peak[key]:.0f} | "
-            f"{_ratio(peak[key], peak.get(ts))} | {build:.1f} |"
-        )
-    return "\n".join(lines)
+def round_order(specs: list[dict[str, Any]], round_: int) -> list[dict[str, Any]]:
+    """Odd rounds run the configurations in reverse (A B C, C B A, ...), so that a machine that speeds up
+    or slows down during the invocation does not always favour the configurations that run first."""
+    return specs if round_ % 2 == 0 else specs[::-1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -306,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     for round_ in range(args.rounds):
-        for spec in specs:
+        for spec in round_order(specs, round_):
             full = {
                 **spec,
                 "warmup": args.warmup,
@@ -333,8 +359,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.out:
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
-                args.out.with_suffix(".md").write_text(table(rows) + "\n")
-    print(table(rows))
+                args.out.with_suffix(".md").write_text(provenance(rows, argv) + "\n\n" + table(rows) + "\n")
+    print(provenance(rows, argv) + "\n\n" + table(rows))
     return 0
 
 

@@ -1,10 +1,10 @@
 """The benchmark scripts still run (they are not timed here: speed is never asserted in tests).
 
 A smoke run of ``benchmarks/peers.py`` at depth 2 for normlab and the plain stack, with one normlab
-variant, of ``benchmarks/optimizer_step.py``, ``benchmarks/gradient_lifetime.py`` and
-``benchmarks/callback_costs.py`` (a real ``train.py`` run under Lightning's profiler): they finish and
-write the table they promise, and the models peers compares have the same parameter count (the
-peers' premise: the same model)."""
+variant, of ``benchmarks/peers_paired.py`` (the same rows from one process, in rotating order), of
+``benchmarks/optimizer_step.py``, ``benchmarks/gradient_lifetime.py`` and ``benchmarks/callback_costs.py``
+(a real ``train.py`` run under Lightning's profiler): they finish and write the table they promise,
+and the models peers compares have the same parameter count (the peers' premise: the same model)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,24 @@ def test_peers_benchmark_runs_and_compares_equal_models(tmp_path: Path) -> None:
     assert len({r["params_m"] for r in rows}) == 1, rows  # the same model in every row
     assert all(r["step_s"] > 0 and r["peak_mb"] > 0 for r in rows)
     assert "| plain | deepnorm | 2 |" in out.with_suffix(".md").read_text()
+
+
+def test_peers_paired_benchmark_times_all_implementations_in_one_process(tmp_path: Path) -> None:
+    out = tmp_path / "paired"
+    args = ["benchmarks/peers_paired.py", "--depths", "2", "--norms", "preln", "--impls", "normlab", "plain"]
+    _run([*args, "--rounds", "3", "--warmup", "1", "--out", str(out)])
+    rows = json.loads(out.with_suffix(".json").read_text())
+    assert sorted((r["impl"], r["round"]) for r in rows) == [
+        (i, r) for i in ("normlab", "plain") for r in range(3)
+    ]
+    assert [r["position"] for r in rows if r["impl"] == "normlab"] == [0, 1, 0]  # rotating order
+    assert len({r["params_m"] for r in rows}) == 1, rows  # the same model in every row
+    assert all(len(r["losses"]) == 4 and r["step_s"] > 0 for r in rows)  # 1 warm-up + 3 rounds
+    text = out.with_suffix(".md").read_text()
+    assert text.splitlines()[0].endswith(
+        f"`python benchmarks/peers_paired.py {' '.join(args[1:])} --rounds 3 --warmup 1 --out {out}`"
+    )
+    assert "| plain | preln | 2 |" in text
 
 
 def test_optimizer_step_benchmark_runs() -> None:

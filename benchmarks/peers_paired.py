@@ -1,0 +1,120 @@
+"""normlab, torchscale and the plain stack timed step by step in **one** process, in rotating order:
+the step-time ratios of ``benchmarks/peers.py`` without the drift between processes.
+
+    python benchmarks/peers_paired.py --depths 100 1000 --rounds 8 --out benchmarks/results/peers_paired
+
+Why: ``peers.py`` runs every configuration in its own process (the only way to measure each one's peak
+memory), so two rows it compares ran a minute or more apart. On a shared machine whose speed drifts by
+10-30% over minutes that is more than the differences being asked about (e.g. 0.67× against 0.70×).
+Here one process per norm and depth builds all three implementations (the same model, the same builders
+and the same step as ``peers.py``), warms each up, then runs one step of each per round, rotating which
+goes first (round r starts with implementation r mod 3), so consecutive steps of the implementations
+being compared are seconds apart. Each row's "vs torchscale, paired" is the median over rounds of its
+step divided by torchscale's step of the same round.
+
+What this does not measure: peak memory (the three share one process; ``peers.py`` measures it) and the
+first-touch costs of a fresh process. The three models' parameters and optimizer states are resident
+together, which does not change the arithmetic of a step but does share one allocator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from peers import BATCH, ROOT, SEQ, build, machine_name, process_settings, train_step
+from peers_table import provenance, table
+
+IMPLS = ("normlab", "torchscale", "plain")
+
+
+def rotation(impls: list[str], round_: int) -> list[str]:
+    """Round r starts with the r-th implementation (cyclically), so every one runs first equally often."""
+    k = round_ % len(impls)
+    return impls[k:] + impls[:k]
+
+
+def measure_together(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """All of ``spec['impls']`` for one norm and depth in this process: one row per implementation and
+    round, in the row format of ``peers.py`` (peak memory not measured: ``nan``)."""
+    import torch
+
+    process_settings(1)
+    impls = list(spec["impls"])
+    base = {"norm": spec["norm"], "depth": spec["depth"], "variant": "default", "device": spec["device"]}
+    built = {impl: build({**base, "impl": impl}) for impl in impls}
+    losses: dict[str, list[float]] = {impl: [] for impl in impls}
+    for _ in range(spec["warmup"]):
+        for impl in impls:
+            losses[impl].append(train_step(built[impl])[1])
+    rows = []
+    for round_ in range(spec["rounds"]):
+        for impl in rotation(impls, round_):
+            seconds, loss = train_step(built[impl])
+            losses[impl].append(loss)
+            rows.append(
+                {
+                    **base,
+                    "impl": impl,
+                    "round": round_,
+                    "position": rotation(impls, round_).index(impl),
+                    "step_s": seconds,
+                    "tokens_per_s": BATCH * SEQ / seconds,
+                    "build_s": built[impl]["build_s"],
+                    "peak_mb": math.nan,
+                    "params_m": sum(p.numel() for p in built[impl]["net"].parameters()) / 1e6,
+                    "machine": machine_name(built[impl]["x"].device),
+                    "torch": torch.__version__,
+                }
+            )
+    for row in rows:
+        row["losses"] = losses[row["impl"]]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--depths", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--norms", nargs="+", default=["deepnorm", "preln"])
+    parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
+    parser.add_argument("--rounds", type=int, default=8, help="timed steps of each implementation")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each, before the rounds")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, help="write <out>.md and <out>.json")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        print("ROWS " + json.dumps(measure_together(json.loads(args.one))), flush=True)
+        return 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    rows: list[dict[str, Any]] = []
+    for depth in args.depths:
+        for norm in args.norms:
+            spec = {"norm": norm, "depth": depth, "impls": args.impls, "rounds": args.rounds}
+            spec.update(warmup=args.warmup, device=args.device)
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--one", json.dumps(spec)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=3600)
+            found = [ln for ln in proc.stdout.splitlines() if ln.startswith("ROWS ")]
+            if proc.returncode or not found:
+                tail = (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
+                print(f"[peers_paired] {norm} depth {depth}: failed: {tail}", flush=True)
+                continue
+            rows += json.loads(found[-1][5:])
+            print(f"[peers_paired] {norm} depth {depth}: {args.rounds} rounds done", flush=True)
+            if args.out:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+                text = provenance(rows, argv, "benchmarks/peers_paired.py") + "\n\n" + table(rows) + "\n"
+                args.out.with_suffix(".md").write_text(text)
+    print(provenance(rows, argv, "benchmarks/peers_paired.py") + "\n\n" + table(rows))
+    return 0 if rows else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
