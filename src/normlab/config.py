@@ -188,6 +188,7 @@ class ComputeConfig:
     compile_blocks: bool = False  # torch.compile each block once; identical blocks share the code
     threads: int | None = None  # torch intra-op threads (null: torch's default, all cores)
     flush_denormal: bool = True  # CPU: subnormal floats as zero (deep Post-LN backward underflows)
+    freeze_gc: bool = True  # gc.freeze() what is alive at train start: full collections skip the model
 
     def validate(self) -> None:
         if self.threads is not None and self.threads < 1:

@@ -2,9 +2,10 @@
 
 A smoke run of ``benchmarks/peers.py`` at depth 2 for normlab and the plain stack, with one normlab
 variant, of ``benchmarks/peers_paired.py`` (the same rows from one process, in rotating order), of
-``benchmarks/optimizer_step.py``, ``benchmarks/gradient_lifetime.py`` and ``benchmarks/callback_costs.py``
-(a real ``train.py`` run under Lightning's profiler): they finish and write the table they promise,
-and the models peers compares have the same parameter count (the peers' premise: the same model)."""
+``benchmarks/optimizer_step.py``, ``benchmarks/gradient_lifetime.py``, ``benchmarks/gc_pauses.py`` and
+``benchmarks/callback_costs.py`` (a real ``train.py`` run under Lightning's profiler): they finish and
+write the table they promise, and the models peers compares have the same parameter count (the
+peers' premise: the same model)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,18 @@ def test_peers_paired_benchmark_times_all_implementations_in_one_process(tmp_pat
         f"`python benchmarks/peers_paired.py {' '.join(args[1:])} --rounds 3 --warmup 1 --out {out}`"
     )
     assert "| plain | preln | 2 |" in text
+
+
+def test_gc_pauses_benchmark_times_the_collector_with_and_without_the_freeze(tmp_path: Path) -> None:
+    out = tmp_path / "gc"
+    _run(["benchmarks/gc_pauses.py", "--depth", "2", "--steps", "3", "--out", str(out)])
+    result = json.loads(out.with_suffix(".json").read_text())
+    on, off = result["on"], result["off"]
+    assert len(on) == len(off) == 3  # 5 steps, 2 of them warm-up
+    assert min(r["frozen"] for r in on) > 1000 and {r["frozen"] for r in off} == {0}
+    assert all(r["step_s"] > 0 and len(r["seconds"]) == 3 for r in on + off)
+    table = out.with_suffix(".md").read_text()
+    assert "| compute.freeze_gc=true (default) |" in table and "| compute.freeze_gc=false |" in table
 
 
 def test_optimizer_step_benchmark_runs() -> None:

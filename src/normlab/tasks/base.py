@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torch import nn
 
+from normlab.callbacks.frozen_gc import FrozenGarbageCollector
 from normlab.callbacks.run_record import RunRecord
 from normlab.callbacks.schedule import ScheduleCallback
 from normlab.checkpoints import CHECKPOINT_KEY, checkpoint_entry
@@ -131,10 +132,14 @@ class TransformerTask(L.LightningModule):
 
     def configure_callbacks(self) -> list[L.Callback]:
         """What any Trainer fitting this task gets: the run record (metrics.json, train_curve.csv,
-        spike scores) and, when the model has a schedule, the schedule driver. The same instances
-        every time Lightning asks (fit, then test), so the record keeps what the fit recorded."""
+        spike scores), when the model has a schedule, the schedule driver, and unless
+        ``compute.freeze_gc=false`` the frozen garbage collector (``callbacks/frozen_gc.py``). The
+        same instances every time Lightning asks (fit, then test), so the record keeps what the fit
+        recorded."""
         if not self._own_callbacks:
             self._own_callbacks = [RunRecord(), *([ScheduleCallback()] if self.has_schedule else [])]
+            if self.compute_cfg.freeze_gc:
+                self._own_callbacks.append(FrozenGarbageCollector())
         return list(self._own_callbacks)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
