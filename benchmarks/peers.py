@@ -18,7 +18,11 @@ Every process runs with one intra-op thread and subnormal floats flushed (a proc
 applies by default; applied to all so that no row pays for underflow). After ``--warmup`` steps the
 median of ``--steps`` timed steps is reported; peak memory is the process's resident high-water mark
 (VmHWM), torch itself included. ``normlab@<commit>`` rows run an older checkout (``--before``) for the
-before/after comparison.
+before/after comparison. Rounds alternate their order (odd rounds in reverse); the table
+(``peers_table.py``) gives each ratio to torchscale both between the medians of rounds and paired
+within a round, under a line naming the date, machine, torch, normlab commit and command.
+``benchmarks/peers_paired.py`` times the same steps in one process, for ratios without the drift
+between processes.
 
 torchscale 0.3.0 is installed with ``pip install --no-deps torchscale==0.3.0 fairscale==0.4.0``; its one
 import of timm (``drop_path``, unused at rate 0) is served by ``benchmarks/stubs/timm`` (see there).
@@ -37,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from peers_table import label, provenance, table
+from peers_table import label, report
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB, D, HEADS, FFN, BATCH, SEQ = 8000, 64, 4, 256, 8, 64
@@ -359,8 +363,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.out:
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
-                args.out.with_suffix(".md").write_text(provenance(rows, argv) + "\n\n" + table(rows) + "\n")
-    print(provenance(rows, argv) + "\n\n" + table(rows))
+                args.out.with_suffix(".md").write_text(report(rows, argv) + "\n")
+    print(report(rows, argv))
     return 0
 
 

@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from peers import BATCH, ROOT, SEQ, build, machine_name, process_settings, train_step
-from peers_table import provenance, table
+from peers_table import report
 
 IMPLS = ("normlab", "torchscale", "plain")
+SCRIPT = "benchmarks/peers_paired.py"
 
 
 def rotation(impls: list[str], round_: int) -> list[str]:
@@ -110,9 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.out:
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
-                text = provenance(rows, argv, "benchmarks/peers_paired.py") + "\n\n" + table(rows) + "\n"
-                args.out.with_suffix(".md").write_text(text)
-    print(provenance(rows, argv, "benchmarks/peers_paired.py") + "\n\n" + table(rows))
+                args.out.with_suffix(".md").write_text(report(rows, argv, SCRIPT) + "\n")
+    print(report(rows, argv, SCRIPT))
     return 0 if rows else 1
 
 

@@ -87,3 +87,8 @@ def provenance(
         f"{time.strftime('%Y-%m-%d')} · {', '.join(machines)} · torch {', '.join(torches)} · "
         f"normlab {commit} · `{command}`"
     )
+
+
+def report(rows: list[dict[str, Any]], argv: list[str] | None, script: str = "benchmarks/peers.py") -> str:
+    """The provenance line, a blank line and the table: what the scripts print and write to ``.md``."""
+    return provenance(rows, argv, script) + "\n\n" + table(rows)
