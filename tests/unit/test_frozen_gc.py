@@ -70,14 +70,13 @@ def test_a_failed_fit_releases_the_freeze(make_cfg, tmp_path: Path) -> None:
 
 
 def test_a_freeze_made_by_someone_else_is_left_to_them() -> None:
-    holder = [object()]  # noqa: F841 (alive while frozen)
     gc.freeze()
-    theirs = gc.get_freeze_count()
+    # (the count is not compared exactly: frozen objects that reference counting frees leave it)
     callback = FrozenGarbageCollector()
     callback.on_train_start(None, None)
-    assert callback.frozen == 0 and gc.get_freeze_count() == theirs
+    assert callback.frozen == 0 and gc.get_freeze_count() > 1000
     callback.on_train_end(None, None)
-    assert gc.get_freeze_count() == theirs  # not released by the callback
+    assert gc.get_freeze_count() > 1000  # still frozen: the callback did not release their freeze
 
 
 def test_garbage_made_during_training_is_still_collected() -> None:
