@@ -50,28 +50,35 @@ def measure_together(spec: dict[str, Any]) -> list[dict[str, Any]]:
     impls = list(spec["impls"])
     base = {"norm": spec["norm"], "depth": spec["depth"], "variant": "default", "device": spec["device"]}
     built = {impl: build({**base, "impl": impl}) for impl in impls}
+    # what a row says about its implementation, fixed after the build: not recomputed between steps
+    fixed = {
+        impl: {
+            **base,
+            "impl": impl,
+            "build_s": b["build_s"],
+            "peak_mb": math.nan,
+            "params_m": sum(p.numel() for p in b["net"].parameters()) / 1e6,
+            "machine": machine_name(b["x"].device),
+            "torch": torch.__version__,
+        }
+        for impl, b in built.items()
+    }
     losses: dict[str, list[float]] = {impl: [] for impl in impls}
     for _ in range(spec["warmup"]):
         for impl in impls:
             losses[impl].append(train_step(built[impl])[1])
     rows = []
     for round_ in range(spec["rounds"]):
-        for impl in rotation(impls, round_):
+        for position, impl in enumerate(rotation(impls, round_)):
             seconds, loss = train_step(built[impl])
             losses[impl].append(loss)
             rows.append(
                 {
-                    **base,
-                    "impl": impl,
+                    **fixed[impl],
                     "round": round_,
-                    "position": rotation(impls, round_).index(impl),
+                    "position": position,
                     "step_s": seconds,
                     "tokens_per_s": BATCH * SEQ / seconds,
-                    "build_s": built[impl]["build_s"],
-                    "peak_mb": math.nan,
-                    "params_m": sum(p.numel() for p in built[impl]["net"].parameters()) / 1e6,
-                    "machine": machine_name(built[impl]["x"].device),
-                    "torch": torch.__version__,
                 }
             )
     for row in rows:
