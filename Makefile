@@ -45,9 +45,9 @@ format: setup
 bench: setup  ## speed / memory tables (see benchmarks/README in the main README)
 	$(BIN)/python benchmarks/step_time.py $(ARGS)
 
-bench-peers: setup  ## normlab vs torchscale vs a plain stack, depth 100 and 1000 (about 30 minutes on 2 CPU cores)
+bench-peers: setup  ## normlab vs torchscale vs a plain stack, depth 1 (the memory floor), 100 and 1000 (about 30 minutes on 2 CPU cores)
 	$(BIN)/pip install --no-deps torchscale==0.3.0 fairscale==0.4.0
-	$(BIN)/python benchmarks/peers.py --depths 100 1000 --rounds 2 --out benchmarks/results/peers $(ARGS)
+	$(BIN)/python benchmarks/peers.py --depths 1 100 1000 --rounds 2 --out benchmarks/results/peers $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -2,7 +2,7 @@
 side, every configuration in its own process, rounds interleaved in one invocation.
 
     make bench-peers                                         # installs the peers, runs the default table
-    python benchmarks/peers.py --depths 100 1000 --rounds 2 --out benchmarks/results/peers
+    python benchmarks/peers.py --depths 1 100 1000 --rounds 2 --out benchmarks/results/peers
     python benchmarks/peers.py --depths 100 --impls normlab plain --norms preln --steps 3
 
 Model, the same for every implementation: decoder-only, d_model 64, 4 heads, FFN 256 (GELU), vocabulary
@@ -17,7 +17,8 @@ implementation uses its own default optimizer construction: torchscale and the p
 Every process runs with one intra-op thread and subnormal floats flushed (a process setting normlab
 applies by default; applied to all so that no row pays for underflow). After ``--warmup`` steps the
 median of ``--steps`` timed steps is reported; peak memory is the process's resident high-water mark
-(VmHWM), torch itself included. ``normlab@<commit>`` rows run an older checkout (``--before``) for the
+(VmHWM), torch itself included; with depth 1 among ``--depths``, the table also gives each row's peak
+above its own implementation's depth-1 peak (``peers_table.above_depth_1``). ``normlab@<commit>`` rows run an older checkout (``--before``) for the
 before/after comparison. Rounds alternate their order (odd rounds in reverse); the table
 (``peers_table.py``) gives each ratio to torchscale both between the medians of rounds and paired
 within a round, under a line naming the date, machine, torch, normlab commit and command.

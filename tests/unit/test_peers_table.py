@@ -55,8 +55,25 @@ def test_a_peak_not_measured_is_shown_as_not_measured() -> None:
     t = _load("peers_table")
     rows = [_row("normlab", 0, 4.0, peak_mb=math.nan), _row("torchscale", 0, 8.0, peak_mb=math.nan)]
     line = next(ln for ln in t.table(rows).splitlines() if ln.startswith("| normlab |"))
-    assert line.endswith("| 0.50 | 0.50 | – | 1 | – | – | 1.0 |"), line
+    assert line.endswith("| 0.50 | 0.50 | – | 1 | – | – | – | – | 1.0 |"), line
     assert "nan" not in t.table(rows)
+
+
+def test_peak_above_depth_1_subtracts_each_implementations_own_floor() -> None:
+    t = _load("peers_table")
+    rows = [
+        _row("normlab", 0, 0.1, depth=1, peak_mb=420.0),
+        _row("torchscale", 0, 0.1, depth=1, peak_mb=400.0),
+        _row("normlab", 0, 1.0, depth=100, peak_mb=640.0),
+        _row("torchscale", 0, 1.5, depth=100, peak_mb=840.0),
+        _row("plain", 0, 1.2, depth=100, peak_mb=700.0),  # no depth-1 row: no floor to subtract
+    ]
+    lines = {ln.split(" | ")[0] + ln.split(" | ")[2]: ln for ln in t.table(rows).splitlines()[2:]}
+    # whole peaks 640 / 840 = 0.76; above each one's own floor (220 / 440) = 0.50
+    assert lines["| normlab100"].endswith("| 640 | 0.76 | 220 | 0.50 | 1.0 |"), lines["| normlab100"]
+    assert lines["| torchscale100"].endswith("| 840 | 1.00 | 440 | 1.00 | 1.0 |")
+    assert lines["| plain100"].endswith("| 700 | 0.83 | – | – | 1.0 |")
+    assert lines["| normlab1"].endswith("| 420 | 1.05 | – | – | 1.0 |")  # depth 1 is the floor itself
 
 
 def test_peers_rounds_alternate_their_order() -> None:
