@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from peers import one_row_command, read_row
+from peers import one_row_command, run_measuring
 from results_io import publish
 
 from normlab.callbacks.stability import StabilityMonitor
@@ -170,12 +170,9 @@ def bare(depth: int, steps: int) -> float:
     spec = {"impl": "normlab", "norm": "deepnorm", "depth": depth, "variant": "default"}
     spec.update(warmup=2, steps=steps, device="cpu")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        one_row_command(spec), capture_output=True, text=True, env=env, timeout=3600, cwd=ROOT
-    )
-    row = read_row(proc.stdout)
+    row, tail = run_measuring(one_row_command(spec), env)
     if row is None:
-        raise RuntimeError(f"the bare step printed no row: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+        raise RuntimeError(f"the bare step printed no row: {tail}")
     return row["step_s"]
 
 

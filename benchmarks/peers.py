@@ -17,13 +17,13 @@ implementation uses its own default optimizer construction: torchscale and the p
 Every process runs with one intra-op thread and subnormal floats flushed (a process setting normlab
 applies by default; applied to all so that no row pays for underflow). After ``--warmup`` steps the
 median of ``--steps`` timed steps is reported; peak memory is the process's resident high-water mark
-(VmHWM), torch itself included; with depth 1 among ``--depths``, the table also gives each row's peak
-above its own implementation's depth-1 peak (``peers_table.above_depth_1``). ``normlab@<commit>`` rows run an older checkout (``--before``) for the
-before/after comparison. Rounds alternate their order (odd rounds in reverse); the table
-(``peers_table.py``) gives each ratio to torchscale both between the medians of rounds and paired
-within a round, under a line naming the date, machine, torch, normlab commit and command.
-``benchmarks/peers_paired.py`` times the same steps in one process, for ratios without the drift
-between processes.
+(VmHWM), torch itself included; with depth 1 among ``--depths``, the table also gives each row's
+peak above its own implementation's depth-1 peak (``peers_table.above_depth_1``). ``normlab@<commit>``
+rows run an older checkout (``--before``) for the before/after comparison. Rounds alternate their order
+(odd rounds in reverse); the table (``peers_table.py``) gives each ratio to torchscale both between the
+medians of rounds and paired within a round, under a line naming the date, machine, torch, normlab
+commit and command. ``benchmarks/peers_paired.py`` times the same steps in one process, for ratios
+without the drift between processes.
 
 torchscale 0.3.0 is installed with ``pip install --no-deps torchscale==0.3.0 fairscale==0.4.0``; its one
 import of timm (``drop_path``, unused at rate 0) is served by ``benchmarks/stubs/timm`` (see there).
@@ -292,10 +292,20 @@ def one_row_command(spec: dict[str, Any]) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--one", json.dumps(spec)]
 
 
-def read_row(stdout: str) -> dict[str, Any] | None:
-    """The row a :func:`one_row_command` process printed, or None when it printed none."""
-    found = [ln for ln in stdout.splitlines() if ln.startswith("ROW ")]
-    return json.loads(found[-1][4:]) if found else None
+def read_row(stdout: str, marker: str = "ROW") -> Any:
+    """What a measuring process printed after its last ``marker`` line (the row of a
+    :func:`one_row_command` process; ``ROWS`` for benchmarks/peers_paired.py), or None when it printed
+    none."""
+    found = [ln for ln in stdout.splitlines() if ln.startswith(marker + " ")]
+    return json.loads(found[-1][len(marker) + 1 :]) if found else None
+
+
+def run_measuring(cmd: list[str], env: dict[str, str], marker: str = "ROW") -> tuple[Any, str]:
+    """One measuring process, bounded by an hour: (what it printed after ``marker``, or None when it
+    failed or printed nothing; the last line of its stderr, which names why)."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=3600)
+    tail = (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
+    return (None if proc.returncode else read_row(proc.stdout, marker)), tail
 
 
 def round_order(specs: list[dict[str, Any]], round_: int) -> list[dict[str, Any]]:
@@ -348,11 +358,8 @@ def main(argv: list[str] | None = None) -> int:
             run_env = dict(env)
             if spec.get("pythonpath"):
                 run_env["PYTHONPATH"] = spec["pythonpath"]
-            cmd = one_row_command(full)
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=run_env, cwd=ROOT, timeout=3600)
-            row = read_row(proc.stdout)
-            if proc.returncode or row is None:
-                tail = (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
+            row, tail = run_measuring(one_row_command(full), run_env)
+            if row is None:
                 print(f"[peers] {label(spec)} {spec['norm']} {spec['depth']}: failed: {tail}", flush=True)
                 continue
             rows.append(row)

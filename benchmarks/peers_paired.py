@@ -23,12 +23,11 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from peers import BATCH, ROOT, SEQ, build, machine_name, process_settings, train_step
+from peers import BATCH, SEQ, build, machine_name, process_settings, run_measuring, train_step
 from peers_table import report
 
 IMPLS = ("normlab", "torchscale", "plain")
@@ -107,13 +106,11 @@ def main(argv: list[str] | None = None) -> int:
             spec = {"norm": norm, "depth": depth, "impls": args.impls, "rounds": args.rounds}
             spec.update(warmup=args.warmup, device=args.device)
             cmd = [sys.executable, str(Path(__file__).resolve()), "--one", json.dumps(spec)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=3600)
-            found = [ln for ln in proc.stdout.splitlines() if ln.startswith("ROWS ")]
-            if proc.returncode or not found:
-                tail = (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
+            measured, tail = run_measuring(cmd, env, marker="ROWS")
+            if measured is None:
                 print(f"[peers_paired] {norm} depth {depth}: failed: {tail}", flush=True)
                 continue
-            rows += json.loads(found[-1][5:])
+            rows += measured
             print(f"[peers_paired] {norm} depth {depth}: {args.rounds} rounds done", flush=True)
             if args.out:
                 args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -108,3 +108,15 @@ def test_provenance_names_date_machine_torch_commit_and_command() -> None:
 def test_cpu_name_is_read_from_the_kernel() -> None:
     name = _load("peers")._cpu_name()
     assert name and name != "unknown CPU"
+
+
+def test_a_measuring_process_that_fails_gives_no_row_and_its_last_error_line() -> None:
+    peers = _load("peers")
+    env = {"PATH": "/usr/bin:/bin"}
+    ok = [sys.executable, "-c", "print('noise'); print('ROWS [1, 2]'); print('ROW {}')"]
+    assert peers.run_measuring(ok, env, marker="ROWS") == ([1, 2], "?")
+    # a process that printed its row and then failed is a failure, not a row
+    failed = [sys.executable, "-c", "import sys; print('ROW {}'); sys.exit('measuring: out of memory')"]
+    assert peers.run_measuring(failed, env) == (None, "measuring: out of memory")
+    silent = [sys.executable, "-c", "print('nothing')"]
+    assert peers.run_measuring(silent, env) == (None, "?")
