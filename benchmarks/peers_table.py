@@ -6,7 +6,7 @@ functions of the measured rows, so tests can check them without starting a proce
 
 Why "above depth 1": a process's resident peak includes what every implementation pays whatever its
 depth (the torch runtime, the modules ``torch.optim`` imports on first use, the embedding, the logits
-and the loss): about 400 MB on the CPU, the same for all three within a few MB. Beside a 100-layer
+and the loss): several hundred MB on the CPU, about the same for all three. Beside a 100-layer
 model that floor is most of the peak, so the ratio of whole peaks says little about what an
 implementation keeps per layer; the ratio of peaks above depth 1 says that."""
 
