@@ -1,7 +1,8 @@
-"""DeepScaleLM to docs/norms.md §7 and §8.22: lambda / beta constants and their identity, the
-variance-preserving init (weight statistics and unit-variance FFN branch), a residual stream that
-keeps unit-order variance at depth 48 where Pre-LN's grows ~40x, and both placements, in all
-three architectures."""
+"""DeepScaleLM to docs/norms.md §7, §7c and §8.22: lambda / beta constants and their identity, the
+variance-preserving init of the authors' code (weight statistics, the token-correlation recursion
+behind W^V / W^O, dropout, a unit-variance FFN and attention branch), a residual stream that keeps
+unit-order variance at depth 48 where Pre-LN's grows ~40x, and both placements, in all three
+architectures."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ import torch
 from normlab.config import validate_model_config
 from normlab.errors import ConfigError
 from normlab.models.init import build_model, materialize
-from normlab.norms.deepscalelm import ScaledPostNormResidual, ScaledPreNormResidual, deepscalelm_constants
+from normlab.norms.deepscalelm import (
+    ScaledPostNormResidual,
+    ScaledPreNormResidual,
+    deepscalelm_constants,
+    relu_correlation,
+    stream_correlations,
+    value_out_std,
+)
 
 ARCHS = ["decoder", "encoder", "encoder_decoder"]
 V = 50
@@ -103,18 +111,91 @@ def test_residual_formulas_by_hand() -> None:
 
 def test_init_statistics() -> None:
     """d = 256, d_ffn = 1024: fc1 and fc2 std (d * d_ffn / 2)^(-1/4) = 0.052556 (sigma_f^2 =
-    sqrt(1/2)/d for d_ffn = 4d); W^Q, W^K, W^V, W^O std d^-1/2 = 0.0625 (+-5%)."""
+    sqrt(1/2)/d for d_ffn = 4d, the authors' value); W^Q, W^K std d^-1/2 = 0.0625; layer 0's W^V
+    and W^O (sqrt(1/0.221)/d)^(1/2) = 0.091155 (+-5%)."""
     d = 256
-    model = _model("decoder", 2, d_model=d)  # the init does not depend on depth
-    block = model.decoder.layers[1]
+    model = _model("decoder", 8, d_model=d)
+    block = model.decoder.layers[0]
     assert (0.5 * d * 4 * d) ** -0.25 == pytest.approx(0.052556, abs=5e-7)
     assert ((0.5 * d * 4 * d) ** -0.25) ** 2 == pytest.approx(math.sqrt(0.5) / d, rel=1e-12)
     assert block.ffn.fc1.weight.std().item() == pytest.approx(0.052556, rel=0.05)
     assert block.ffn.fc2.weight.std().item() == pytest.approx(0.052556, rel=0.05)
     w = block.self_attn.qkv_proj.weight
-    for rows in (w[:d], w[d : 2 * d], w[2 * d :], block.self_attn.out_proj.weight):
+    for rows in (w[:d], w[d : 2 * d]):
         assert rows.std().item() == pytest.approx(0.0625, rel=0.05)
+    for rows in (w[2 * d :], block.self_attn.out_proj.weight):
+        assert rows.std().item() == pytest.approx(0.091155, rel=0.05)
     assert model.embed(torch.arange(V)).var().item() == pytest.approx(1.0, rel=0.1)  # unit-variance input
+
+
+def test_token_correlation_recursion_by_hand() -> None:
+    """N = 8 (lam^2 = 3/4, beta^2 = 1/4), r_0 = 0.221, p = 0: after attention 0.75 * 0.221 + 0.25 =
+    0.41575; relu_corr(0.41575) = 0.554113 (the arc-cosine kernel (sqrt(1 - r^2) + (pi - acos r) r) / pi);
+    after the FFN 0.75 * 0.41575 + 0.25 * 0.554113 = 0.450341. With p = 0.1 the start is 0.221 * 0.9."""
+    assert relu_correlation(0.41575) == pytest.approx(0.554113, abs=1e-6)
+    assert relu_correlation(1.0) == 1.0 and relu_correlation(0.0) == pytest.approx(1 / math.pi)
+    lam, beta = deepscalelm_constants(8)
+    assert stream_correlations(3, lam, beta, 0.221, 0.0) == pytest.approx(
+        [0.221, 0.450341, 0.608053], abs=1e-6
+    )
+    assert stream_correlations(1, lam, beta, 0.221, 0.1) == pytest.approx([0.1989], abs=1e-12)
+    assert value_out_std(256, 0.221, 0.0) == pytest.approx(0.0911553, abs=1e-7)
+    assert value_out_std(64, 1.0, 0.0) == 64**-0.5  # r = 1, p = 0: the fan-in init
+
+
+def test_dropout_enters_ffn_and_attention_init() -> None:
+    """p = 0.1, d = 256: fc1/fc2 std (0.9 / (0.5 * 256 * 1024))^(1/4) = 0.051190; layer 0's W^V std
+    is unchanged (r_0 = 0.221 * 0.9, and (1 - p) / r_0 = 1 / 0.221); later layers' are not."""
+    d = 256
+    block = _model("decoder", 8, d_model=d, dropout=0.1).decoder.layers[0]
+    assert block.ffn.fc1.weight.std().item() == pytest.approx(0.051190, rel=0.05)
+    assert block.self_attn.qkv_proj.weight[2 * d :].std().item() == pytest.approx(0.091155, rel=0.05)
+    with_p = _model("decoder", 8, d_model=32, dropout=0.1).norm_strategy.value_out_stds("decoder")
+    without = _model("decoder", 8, d_model=32).norm_strategy.value_out_stds("decoder")
+    assert with_p[0] == pytest.approx(without[0], rel=1e-12) and with_p[3] > without[3]
+
+
+def test_fan_in_reading_equals_correlation_init_at_r_one() -> None:
+    """attention_init=fan_in (N(0, 1/d)) is the correlation init with r_0 = 1 and p = 0: same weights."""
+    a = _model("encoder", 6, norm_args={"attention_init": "fan_in"})
+    b = _model("encoder", 6, norm_args={"input_correlation": 1.0})
+    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
+        assert torch.equal(pa, pb), name
+    c = _model("encoder", 6)
+    assert not torch.equal(
+        c.encoder.layers[0].self_attn.out_proj.weight, a.encoder.layers[0].self_attn.out_proj.weight
+    )
+
+
+def _correlated_tokens(r: float, batch: int = 64, tokens: int = 64, d: int = 256) -> torch.Tensor:
+    """Unit-variance tokens whose pairwise correlation is r (a shared part plus an own part)."""
+    g = torch.Generator().manual_seed(3)
+    shared = torch.randn(batch, 1, d, generator=g)
+    return math.sqrt(r) * shared + math.sqrt(1 - r) * torch.randn(batch, tokens, d, generator=g)
+
+
+@pytest.mark.parametrize(
+    ("attention_init", "low", "high"), [("correlation", 0.8, 1.3), ("fan_in", 0.15, 0.35)]
+)
+def test_attention_branch_variance_at_the_input_correlation(
+    attention_init: str, low: float, high: float
+) -> None:
+    """Tokens with correlation r_0 = 0.221 into layer 0's self-attention (encoder, 64 tokens): the
+    correlation init gives the branch unit variance (measured ~1.1: attention is not quite uniform);
+    the fan-in init keeps only ~r_0 of it."""
+    model = _model("encoder", 8, d_model=256, norm_args={"attention_init": attention_init})
+    with torch.no_grad():
+        out = model.encoder.layers[0].self_attn(_correlated_tokens(0.221))
+    assert low < out.var().item() < high
+
+
+def test_n_counts_sublayers() -> None:
+    """n_counts=sublayers: N = 2 per layer (3 in an enc-dec decoder); 12 layers: N = 24, beta = 0.288675."""
+    decoder = _model("decoder", 12, norm_args={"n_counts": "sublayers"}).norm_strategy.describe()["decoder"]
+    assert decoder["N"] == 24 and decoder["beta"] == pytest.approx(0.288675, abs=5e-7)
+    encdec = _model("encoder_decoder", 24, norm_args={"n_counts": "sublayers"}).norm_strategy.describe()
+    assert encdec["encoder"]["N"] == 24 and encdec["decoder"]["N"] == 36
+    assert _model("decoder", 12).norm_strategy.describe()["decoder"]["N"] == 12  # the default counts layers
 
 
 def test_relu_ffn_branch_preserves_unit_variance() -> None:
@@ -136,8 +217,9 @@ def _stream_variance(norm: str) -> float:
 
 
 def test_residual_stream_variance_stays_unit_order_at_depth_48() -> None:
-    """At init the 48-layer DeepScaleLM stream keeps variance ~1 (measured 0.85; attention's
-    averaging over tokens makes it a bit < 1) while the Pre-LN stream grows to ~45."""
+    """At init the 48-layer DeepScaleLM stream keeps variance ~1 (measured 0.90 with the authors'
+    W^V / W^O, 0.85 with fan-in ones; a GELU FFN gives 0.85 of ReLU's) while the Pre-LN stream grows
+    to ~45."""
     assert 0.4 < _stream_variance("deepscalelm") < 1.2
     assert _stream_variance("preln") > 20.0
 
@@ -147,4 +229,14 @@ def test_arguments_are_validated() -> None:
         _model("decoder", 2, norm_args={"placement": "middle"})
     with pytest.raises(ConfigError, match="model.norm_args.k: must be > 0"):
         _model("decoder", 2, norm_args={"k": 0})
+    with pytest.raises(
+        ConfigError, match="model.norm_args.attention_init: 'xavier' is not one of correlation, fan_in"
+    ):
+        _model("decoder", 2, norm_args={"attention_init": "xavier"})
+    with pytest.raises(
+        ConfigError, match="model.norm_args.n_counts: 'blocks' is not one of layers, sublayers"
+    ):
+        _model("decoder", 2, norm_args={"n_counts": "blocks"})
+    with pytest.raises(ConfigError, match=r"model.norm_args.input_correlation: must be in \(0, 1\], got 0.0"):
+        _model("decoder", 2, norm_args={"input_correlation": 0.0})
     assert _model("decoder", 24, norm_args={"k": 6}).norm_strategy.describe()["decoder"]["beta"] == 0.5

@@ -36,11 +36,13 @@ Branch = Callable[[Tensor], Tensor]
 
 @dataclass(frozen=True)
 class ArchSpec:
-    """Architecture facts the constants depend on: kind, encoder layers N, decoder layers M."""
+    """Architecture facts the constants depend on: kind, encoder layers N, decoder layers M, and the
+    residual dropout p (DeepScaleLM's init corrects for it)."""
 
     arch: str  # "decoder" | "encoder" | "encoder_decoder"
     encoder_depth: int  # N (0 for decoder-only)
     decoder_depth: int  # M (0 for encoder-only)
+    dropout: float = 0.0  # residual dropout p (model.dropout), for inits that correct for it
 
     @property
     def stacks(self) -> tuple[str, ...]:

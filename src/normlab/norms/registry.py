@@ -76,6 +76,6 @@ def build_strategy(model_cfg: Any) -> NormStrategy:
     cls = get_strategy_class(model_cfg.norm)
     args = validate_args(model_cfg.norm, model_cfg.norm_args)
     enc, dec = model_cfg.stack_depths()
-    arch = ArchSpec(model_cfg.arch, enc, dec)
+    arch = ArchSpec(model_cfg.arch, enc, dec, model_cfg.dropout)
     make_norm = make_norm_factory(model_cfg.norm_layer, model_cfg.norm_eps)
     return cls(arch, model_cfg.d_model, model_cfg.n_heads, make_norm, args)
