@@ -16,6 +16,12 @@ from torch import nn
 
 from normlab import flat_adamw
 from normlab.config import OptimConfig
+from normlab.errors import ConfigError
+
+FUSED_UNDER_FSDP2 = (
+    "optim.fused: torch's fused AdamW is not used under FSDP2 (on DTensor parameters its first step "
+    "grows much faster than the model; README 'Scale'); drop optim.fused=true or use trainer=ddp"
+)
 
 
 def global_grad_norm(module: nn.Module) -> torch.Tensor | None:
@@ -98,9 +104,9 @@ def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     on the CPU, :class:`normlab.flat_adamw.FlatAdamW`, bit-identical to torch's per-parameter loop
     and faster for deep models of many small tensors; elsewhere (GPU) torch's ``foreach``
     AdamW, bit-identical to the loop on the CPU (tests/unit/test_optimizer.py). ``optim.fused=true``
-    is torch's fused kernel (not bit-identical, so opt-in). Under FSDP2 (DTensor parameters) all of
-    these are off: foreach/fused AdamW on DTensors pays a first step that grows much faster than the
-    parameter count (README "Scale"), so the plain loop stays the FSDP2 default.
+    is torch's fused kernel (not bit-identical, so opt-in). Under FSDP2 (DTensor parameters) the
+    plain loop is used: foreach/fused AdamW on DTensors pays a first step that grows much faster than
+    the parameter count (README "Scale"); ``optim.fused=true`` there is refused in one line.
 
     Build it after the model is on its device: FlatAdamW makes the parameters views of its buffers.
     """
@@ -111,7 +117,9 @@ def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     ]
     kwargs: dict[str, Any] = {"lr": cfg.lr, "betas": tuple(cfg.betas), "eps": cfg.eps}
     sharded = _has_dtensor(params)
-    if cfg.fused and not sharded:
+    if cfg.fused and sharded:
+        raise ConfigError(FUSED_UNDER_FSDP2)
+    if cfg.fused:
         return torch.optim.AdamW(groups, fused=True, **kwargs)
     if flat_adamw.supports(params):  # one CPU device, one float dtype, no DTensor
         return flat_adamw.FlatAdamW(groups, **kwargs)

@@ -42,7 +42,7 @@ from normlab.description import format_description, model_description, network_d
 from normlab.errors import ConfigError
 from normlab.instantiate import instantiate_callbacks, instantiate_checked, instantiate_loggers
 from normlab.run_log import log_description, rank_zero_print
-from normlab.trainer_config import validate_trainer_config
+from normlab.trainer_config import refuse_fused_adamw_under_fsdp2, validate_trainer_config
 from normlab.typed_config import as_plain
 
 log = logging.getLogger("normlab")
@@ -112,6 +112,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     optim_cfg = validate_optim_config(cfg.optim)
     compute = validate_compute_config(cfg.get("compute"))
     validate_trainer_config(cfg.trainer)  # precision x hardware x strategy, before any data work
+    refuse_fused_adamw_under_fsdp2(cfg.trainer, optim_cfg.fused)
     check_writable(Path(str(cfg.paths.output_dir)))
     description = model_description(model_cfg)
     apply_compute(compute)

@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch import Trainer
 
 from normlab.errors import ConfigError
+from normlab.optimizer import FUSED_UNDER_FSDP2
 from normlab.typed_config import plain, to_dataclass
 
 PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed")
@@ -163,6 +164,14 @@ def validate_trainer_config(node: Any) -> Any:
         raise ConfigError("trainer.strategy: plain ModelParallelStrategy is not supported; use trainer=fsdp")
     _check_world_size(node)
     return node
+
+
+def refuse_fused_adamw_under_fsdp2(node: Any, fused: bool) -> None:
+    """``optim.fused=true`` with ``trainer=fsdp``: one line before any data work, not a silent swap."""
+    strategy = node.get("strategy", "auto")
+    target = strategy.get("_target_", "") if hasattr(strategy, "get") else ""
+    if fused and target == FSDP2_TARGET:
+        raise ConfigError(FUSED_UNDER_FSDP2)
 
 
 def device_type(accelerator: Any) -> str:

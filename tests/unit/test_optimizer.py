@@ -4,9 +4,11 @@ FlatAdamW's own edge cases are in test_flat_adamw.py."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from normlab.config import validate_model_config, validate_optim_config
+from normlab.errors import ConfigError
 from normlab.flat_adamw import FlatAdamW
 from normlab.models.init import build_model, materialize
 from normlab.optimizer import build_optimizer
@@ -84,3 +86,14 @@ def test_a_training_step_does_not_import_lightning() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["[]", "False"], out.stdout
+
+
+def test_fused_on_sharded_parameters_is_refused_not_swapped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under FSDP2 (DTensor parameters, stood in for here) optim.fused=true raises the one-line error
+    instead of silently running the loop."""
+    import normlab.optimizer as optimizer
+
+    net = torch.nn.Linear(4, 4)
+    monkeypatch.setattr(optimizer, "_has_dtensor", lambda params: True)
+    with pytest.raises(ConfigError, match=r"^optim\.fused: torch's fused AdamW is not used under FSDP2"):
+        build_optimizer(net, validate_optim_config({"fused": True}))

@@ -183,3 +183,14 @@ def test_cli_prints_one_line_and_exits_2(tmp_path: Path) -> None:
         "use bf16-mixed or 32-true"
     ]
     assert "Traceback" not in proc.stderr
+
+
+def test_fused_adamw_under_fsdp2_is_refused_before_any_data_is_touched(make_cfg) -> None:
+    """optim.fused=true with trainer=fsdp: one line naming the key and the fix, not a silent swap to
+    the loop (the bad dataset name is never reached); the builder refuses DTensor parameters too."""
+    cfg = make_cfg("train", ["experiment=debug", "trainer=fsdp", "optim.fused=true", "data.dataset=missing"])
+    with pytest.raises(ConfigError, match=r"^optim\.fused: .* drop optim\.fused=true or use trainer=ddp$"):
+        train(cfg)
+    cfg = make_cfg("train", ["experiment=debug", "trainer=fsdp", "data.dataset=missing"])
+    with pytest.raises(ConfigError, match=r"^data"):
+        train(cfg)  # without optim.fused the same run gets past the check
