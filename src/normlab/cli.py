@@ -122,9 +122,11 @@ def check_creatable(folder: Path) -> None:
 
 def prepare_argv(argv: list[str], config_dir: Path, config_name: str) -> list[str]:
     """Rewrite open-node overrides and refuse bad ones before Hydra sees them."""
-    if any(a in ("--help", "-h", "--hydra-help", "--info") or a.startswith("--cfg") for a in argv):
+    if any(a in ("--help", "-h", "--hydra-help", "--info") for a in argv):
         return argv
     argv = open_node_overrides(argv)
+    if any(a.startswith("--cfg") for a in argv):
+        return argv  # only prints the composed config: the documented overrides work, nothing runs
     overrides = _overrides(argv)
     check_model_keys(overrides)
     check_group_options(overrides, config_dir)

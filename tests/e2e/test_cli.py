@@ -139,6 +139,17 @@ def test_help_works_for_every_entry_point(args: list[str], expect: str) -> None:
     assert proc.returncode == 0 and expect in proc.stdout, proc.stderr[-1000:]
 
 
+def test_cfg_job_prints_the_config_with_the_documented_open_node_overrides(tmp_path: Path) -> None:
+    """``--cfg job`` accepts ``model.norm_args.<key>=`` and ``model.residual_warmup.<key>=`` without
+    Hydra's ``++``, as training does, and runs nothing (no run folder)."""
+    args = ["train.py", "--cfg", "job", "model.norm=branchnorm", "model.norm_args.max_norm_step=1000"]
+    args += ["model.residual_warmup.schedule=linear", f"paths.log_dir={tmp_path}"]
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-1000:]
+    assert "max_norm_step: 1000" in proc.stdout and "schedule: linear" in proc.stdout
+    assert not any(tmp_path.iterdir())
+
+
 def test_train_log_has_the_constants_and_progress_lines(tmp_path: Path) -> None:
     """The job log carries the start-of-run constants and a progress line every 50 steps."""
     args = ["train.py", "experiment=debug", "trainer.max_steps=60", "test=false", f"paths.log_dir={tmp_path}"]
