@@ -30,7 +30,7 @@ eval: setup  ## make eval ARGS="ckpt_path=logs/train/runs/<id>/checkpoints/last.
 test: setup  ## the whole suite (unit + end-to-end on real data), under 20 minutes on 2 cores
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
-test-fast: setup  ## unit tests only (seconds)
+test-fast: setup  ## every test not marked slow: unit tests plus quick CLI checks (minutes)
 	$(BIN)/python -m pytest tests -m "not slow" $(PYTEST_ARGS)
 
 test-slow: setup
