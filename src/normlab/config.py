@@ -22,7 +22,7 @@ from normlab.typed_config import plain, to_dataclass
 
 Arch = Literal["decoder", "encoder", "encoder_decoder"]
 Activation = Literal["gelu", "relu", "swiglu"]
-NormLayer = Literal["layernorm", "rmsnorm"]
+NormLayer = Literal["auto", "layernorm", "rmsnorm"]
 PosEncoding = Literal["rope", "sinusoidal", "none"]
 LRSchedule = Literal["cosine", "inverse_sqrt", "linear", "constant"]
 
@@ -62,7 +62,7 @@ class ModelConfig:
     n_heads: int = field(default=4, metadata=ARCHITECTURE)
     d_ffn: int = field(default=256, metadata=ARCHITECTURE)
     activation: Activation = field(default="gelu", metadata=ARCHITECTURE)
-    norm_layer: NormLayer = field(default="layernorm", metadata=ARCHITECTURE)  # class of every norm
+    norm_layer: NormLayer = field(default="auto", metadata=ARCHITECTURE)  # every norm; auto: the paper's
     norm_eps: float = field(default=1e-5, metadata=ARCHITECTURE)
     pos_encoding: PosEncoding = field(default="rope", metadata=ARCHITECTURE)
     rope_base: float = field(default=10000.0, metadata=ARCHITECTURE)
@@ -122,6 +122,8 @@ class ModelConfig:
                 "remove it"
             )
         registry.validate_args(self.norm, self.norm_args)  # unknown names list the registered ones
+        if self.norm_layer == "auto":  # resolved here, so checkpoints and logs name the class used
+            self.norm_layer = registry.get_strategy_class(self.norm).norm_layer
 
     def _validate_depth_split(self) -> None:
         if self.arch != "encoder_decoder":

@@ -220,3 +220,18 @@ def test_unknown_init_fails_in_one_line() -> None:
     unknown = r"model\.norm_args\.gain: unknown key; valid keys are: init='megatron'"
     with pytest.raises(ConfigError, match=unknown):
         _cfg("hybridnorm_star", norm_args={"gain": 1.0})
+
+
+@pytest.mark.parametrize("norm", ["hybridnorm", "hybridnorm_star"])
+def test_the_default_norm_class_is_the_released_rmsnorm(norm: str) -> None:
+    """model.norm_layer=auto (the default) resolves to the released config's RMSNorm for HybridNorm(*)
+    and to LayerNorm for the others; an explicit choice is kept. The resolved name is what the
+    config (and so every checkpoint) records."""
+    assert _cfg(norm).norm_layer == "rmsnorm"
+    assert all(type(m) is RMSNorm for m in _norms(_model(norm)))
+    assert _cfg(norm, norm_layer="layernorm").norm_layer == "layernorm"
+    assert all(type(m) is nn.LayerNorm for m in _norms(_model(norm, norm_layer="layernorm")))
+    assert (
+        _cfg("preln").norm_layer == "layernorm"
+        and _cfg("preln", norm_layer="rmsnorm").norm_layer == "rmsnorm"
+    )

@@ -158,6 +158,7 @@ class NormStrategy(nn.Module):
 
     name: ClassVar[str] = ""
     Args: ClassVar[type] = NoArgs
+    norm_layer: ClassVar[str] = "layernorm"  # the norm class of the published setup (model.norm_layer=auto)
 
     def __init__(
         self,

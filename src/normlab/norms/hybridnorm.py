@@ -9,8 +9,8 @@ QKV-Norm inside attention, Post-Norm in the FFN, one final norm.
     out     = Norm_final(x_L)
 
 Released config (``dense_model/configs/exps/1.2B-dense-HybriedNorm.yaml``): RMSNorm with a
-learnable scale, eps 1e-5; select it with ``model.norm_layer=rmsnorm`` (LayerNorm, the template
-default, also works: every norm placed here uses ``model.norm_layer``).
+learnable scale, eps 1e-5, which ``model.norm_layer=auto`` (the default) selects for this strategy;
+``model.norm_layer=layernorm`` also works (every norm placed here uses ``model.norm_layer``).
 
 Extensions beyond the paper (decoder-only LMs): encoder stacks use the same block with
 bidirectional attention; cross-attention in an encoder-decoder gets per-head norms on q (decoder
@@ -72,6 +72,7 @@ def megatron_stds(d_model: int, n_layers: int) -> tuple[float, float]:
 class HybridNorm(NormStrategy):
     name = "hybridnorm"
     Args = HybridNormArgs
+    norm_layer = "rmsnorm"  # the released config's layer_norm_type: rms
 
     def residual(self, site: Site) -> Residual:
         if site.kind == "ffn":
