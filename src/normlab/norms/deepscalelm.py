@@ -46,6 +46,7 @@ BERT's three) and the BERT LM-head rescaling of the authors' code are not copied
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -169,12 +170,20 @@ class DeepScaleLM(NormStrategy):
 
     def value_out_stds(self, stack: str) -> list[float]:
         """Per layer: the std of self-attention's W^V and W^O."""
-        d, p = self.d_model, self.arch.dropout
-        if self.args.attention_init == "fan_in":
-            return [d**-0.5] * self.arch.depth(stack)
-        lam, beta = self.lambda_beta(stack)
-        rs = stream_correlations(self.arch.depth(stack), lam, beta, self.args.input_correlation, p)
-        return [value_out_std(d, r, p) for r in rs]
+        return self._value_out_stds_by_stack[stack]
+
+    @functools.cached_property
+    def _value_out_stds_by_stack(self) -> dict[str, list[float]]:
+        """Computed once: init asks for every layer, and the recursion walks the whole stack."""
+        d, p, out = self.d_model, self.arch.dropout, {}
+        for stack in self.arch.stacks:
+            if self.args.attention_init == "fan_in":
+                out[stack] = [d**-0.5] * self.arch.depth(stack)
+                continue
+            lam, beta = self.lambda_beta(stack)
+            rs = stream_correlations(self.arch.depth(stack), lam, beta, self.args.input_correlation, p)
+            out[stack] = [value_out_std(d, r, p) for r in rs]
+        return out
 
     def residual(self, site: Site) -> Residual:
         lam, beta = self.lambda_beta(site.stack)
