@@ -2,8 +2,8 @@
 
 Each rank writes ``rank<r>.json`` into ``out_dir``: its share of the parameters (local shard sizes of
 FSDP2's DTensors), per-parameter statistics of the full weights right after init, the global loss of
-every step (the mean over ranks of each rank's mean loss: every rank has the same number of tokens)
-and the final metrics.
+every step (the mean over ranks of each rank's mean loss: every rank has the same number of tokens),
+Admin's profiled omegas at train start, and the final metrics.
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ class Recorder(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.record["global_step_at_start"] = trainer.global_step  # after a resume: the restored step
+        profiled = [m for m in pl_module.modules() if hasattr(m, "profiled") and hasattr(m, "omega")]
+        self.record["omegas"] = [float(local(m.omega.detach()).reshape(-1)[0]) for m in profiled]  # Admin
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int

@@ -1,6 +1,7 @@
 """Admin (admin-torch closed form) exact to docs/norms.md §6 and §8.10: omega values, n counted per
 stack (2N, 2M, 3M), omega = 1 is bit-identical to Post-LN, the learnable variant, Post-LN
-placement without a final norm, in all three architectures."""
+placement without a final norm, in all three architectures. The profiling form (§8.11) is in
+test_admin_profiling.py."""
 
 from __future__ import annotations
 

@@ -42,6 +42,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from normlab import plots
+from normlab.callbacks.shared_batch import distributed, first_batch_on_every_rank
 from normlab.errors import ConfigError
 from normlab.models.transformer import TransformerStack, transformer_stacks
 
@@ -53,25 +54,6 @@ def _local(t: Tensor) -> tuple[Tensor, bool]:
     if hasattr(t, "to_local"):
         return t.to_local(), True
     return t, False
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _slice_batch(batch: Any, n: int) -> Any:
-    """The first ``n`` examples of a batch (dict of tensors / lists)."""
-    if isinstance(batch, dict):
-        return {k: _slice_batch(v, n) for k, v in batch.items()}
-    if isinstance(batch, (Tensor, list, tuple)):
-        return batch[:n]
-    return batch
-
-
-def _to(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, dict):
-        return {k: _to(v, device) for k, v in batch.items()}
-    return batch.to(device) if isinstance(batch, Tensor) else batch
 
 
 def _rms(t: Tensor) -> Tensor:
@@ -124,16 +106,9 @@ class StabilityMonitor(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_step != 0 or not hasattr(pl_module, "probe_outputs"):
             return  # resumed: theta_0 is gone
-        batch = None
-        if trainer.is_global_zero:
-            loader = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else None
-            batch = _slice_batch(next(iter(loader)), self.probe_size) if loader is not None else None
-        if _distributed():
-            holder = [batch]
-            dist.broadcast_object_list(holder, src=0)
-            batch = holder[0]
-        if batch is not None:
-            self._probe = _to(batch, pl_module.device)
+        loader = trainer.datamodule.val_dataloader if trainer.datamodule is not None else None
+        rank_zero, device = trainer.is_global_zero, pl_module.device
+        self._probe = first_batch_on_every_rank(rank_zero, loader, device, self.probe_size)
 
     @torch.no_grad()
     def _outputs(self, pl_module: L.LightningModule) -> tuple[Tensor, Tensor]:
@@ -152,7 +127,7 @@ class StabilityMonitor(L.Callback):
             self._reference = (hidden, logits)
         h0, z0 = self._reference
         values = torch.stack([_rms(hidden - h0), _rms(logits - z0), _rms(h0), _rms(z0)]).double()
-        if _distributed():  # a sharded (tensor-parallel) output would differ per rank; average
+        if distributed():  # a sharded (tensor-parallel) output would differ per rank; average
             dist.all_reduce(values)
             values /= dist.get_world_size()
         dh, dz, rh, rz = values.tolist()
@@ -220,7 +195,7 @@ class StabilityMonitor(L.Callback):
         nan = torch.tensor(math.nan, device=device)
         act = torch.stack([self._act.get((stack.stack, i), nan) for i in range(len(stack.layers))])
         act = act.double()
-        if _distributed():
+        if distributed():
             if sharded:  # shards: add up the pieces; replicated (DDP) grads are already equal
                 dist.all_reduce(grad_sq)
             dist.all_reduce(act)

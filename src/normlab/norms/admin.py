@@ -1,5 +1,6 @@
-"""Admin (Liu et al. 2020, "Understanding the Difficulty of Training Transformers", arXiv 2004.08249),
-closed form of microsoft/admin-torch (``admin_torch/admin.py``), no profiling pass.
+"""Admin (Liu et al. 2020, "Understanding the Difficulty of Training Transformers", arXiv 2004.08249):
+the closed form of microsoft/admin-torch (``admin_torch/admin.py``) by default, or the original
+profiling initialisation (``output_change_scale="profiling"``).
 
 Post-LN with a shortcut scale omega on every sublayer (self-attn, cross-attn, FFN)::
 
@@ -18,7 +19,16 @@ encoder has 2n residual layers"): 2N for an encoder, 2M for a decoder-only stack
 decoder of an encoder-decoder (self-attn, cross-attn, FFN). Example: n = 12 -> omega = 2.017009
 (O(logn)), 3.464102 (O(1)), 1.0 (O(n)).
 
-Args: ``as_parameter`` makes omega a learnable d-vector filled with the closed-form value
+``output_change_scale="profiling"`` is the original (Transformer-Clinic ``adaptive-profiling``,
+docs/norms.md Sec. 6): at the start of a fit, one forward pass in eval mode over the first training
+batch (the same on every rank) walks the sublayers of each stack in order with a running scalar r
+(1.0 at the stack's first sublayer): sublayer i gets omega_i = r, then
+r <- sqrt(Var[omega_i * x_{i-1}] + Var[f_i(x_{i-1})]) (variances over all elements of the batch,
+the branch term as the model adds it, ProRes gate included). The values are buffers, so checkpoints
+keep them and ``init_from`` carries an encoder's into a classifier; a forward pass before profiling
+is refused in one line (normlab.profiling).
+
+Args: ``as_parameter`` makes omega a learnable d-vector filled with the closed-form (or profiled) value
 (admin-torch ``as_parameter``; the original Admin also learns it). Default False, admin-torch's
 default for ``as_module``. Init: the standard Xavier-normal init (Admin changes no weight init).
 Because omega can be folded into the preceding LN after training, an Admin model is a Post-LN
@@ -28,7 +38,9 @@ model at inference.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -36,8 +48,14 @@ from torch import Tensor, nn
 from normlab.errors import ConfigError
 from normlab.norms.base import Branch, NormStrategy, PostNormResidual, Residual, Site
 from normlab.norms.registry import register
+from normlab.profiling import ProfiledAtStart
 
-SCALES = ("O(logn)", "O(n)", "O(1)")
+PROFILING = "profiling"
+SCALES = ("O(logn)", "O(n)", "O(1)", PROFILING)
+UNPROFILED = (
+    "model.norm_args.output_change_scale=profiling: omega has not been profiled yet; fit the task with "
+    "a Lightning Trainer (the task profiles on the first training batch) or load a checkpoint of such a run"
+)
 
 
 @dataclass(frozen=True)
@@ -62,7 +80,86 @@ def admin_omega(num_res_layers: int, output_change_scale: str = "O(logn)") -> fl
         return 1.0
     if output_change_scale == "O(1)":
         return math.sqrt(n)
-    raise ValueError(f"unknown output_change_scale {output_change_scale!r}")
+    raise ValueError(f"no closed form for output_change_scale {output_change_scale!r}")
+
+
+@dataclass
+class ProfilePass:
+    """What one profiling pass shares between the strategy and its residuals (a plain object)."""
+
+    active: bool = False
+    running: dict[str, float] = field(default_factory=dict)  # r per stack
+    residuals: list[ProfiledOmegaResidual] = field(default_factory=list)  # in creation order
+
+
+def _first(t: Tensor) -> float:
+    local = t.to_local() if hasattr(t, "to_local") else t
+    return float(local.detach().reshape(-1)[0])
+
+
+class ProfiledOmegaResidual(Residual):
+    """``norm(omega * x + f(x))`` with omega set by Admin's profiling pass: a buffer, or a learnable
+    d-vector (``as_parameter``) filled with the profiled value. ``profiled`` (a buffer) records that
+    it was set."""
+
+    def __init__(self, norm: nn.Module, d_model: int, stack: str, profile_pass: ProfilePass, learnable: bool):
+        super().__init__()
+        self.norm, self.stack = norm, stack
+        object.__setattr__(self, "_pass", profile_pass)
+        self._ready = False  # profiled, as far as this process has checked (one host read)
+        self._measured: float | None = None  # omega found by a profiling pass, until commit()
+        if learnable:
+            self.omega = nn.Parameter(torch.ones(d_model))
+        else:
+            self.register_buffer("omega", torch.ones(()))
+        self.register_buffer("profiled", torch.zeros((), dtype=torch.bool))
+
+    def reset_parameters(self) -> None:
+        self.reset_state()
+
+    def reset_state(self) -> None:
+        with torch.no_grad():
+            self.omega.fill_(1.0)
+            self.profiled.fill_(False)
+        self._ready, self._measured = False, None
+
+    def is_profiled(self) -> bool:
+        if not self._ready:
+            self._ready = bool(self.profiled)
+        return self._ready
+
+    def forward(self, x: Tensor, branch: Branch) -> Tensor:
+        if self._pass.active:
+            return self._measure(x, branch)
+        if not self.is_profiled():
+            raise ConfigError(UNPROFILED)
+        return self.norm(self.omega * x + self.gated(branch(x)))
+
+    def _measure(self, x: Tensor, branch: Branch) -> Tensor:
+        """One sublayer of the profiling pass (eager Python: under compute.compile_blocks the
+        float() below is a graph break, once). omega is only remembered here and written by
+        :meth:`commit` after the pass: inside an FSDP2 forward a parameter is a temporary
+        all-gathered copy, and a write to it would be lost."""
+        omega = self._pass.running[self.stack]
+        skip, term = omega * x, self.gated(branch(x))
+        variance = skip.float().var(unbiased=False) + term.float().var(unbiased=False)
+        self._pass.running[self.stack] = math.sqrt(float(variance))
+        self._measured = omega
+        return self.norm(skip + term)
+
+    def commit(self) -> bool:
+        """Write the value measured in the pass into omega (and mark it profiled); False when the
+        pass did not reach this sublayer."""
+        if self._measured is None:
+            return False
+        with torch.no_grad():
+            self.omega.fill_(self._measured)
+            self.profiled.fill_(True)
+        self._measured, self._ready = None, True
+        return True
+
+    def extra_repr(self) -> str:
+        return f"stack={self.stack}, omega=profiled"
 
 
 class LearnableOmegaResidual(Residual):
@@ -87,21 +184,59 @@ class LearnableOmegaResidual(Residual):
 
 
 @register
-class Admin(NormStrategy):
+class Admin(ProfiledAtStart, NormStrategy):
     name = "admin"
     Args = AdminArgs
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.profile_pass = ProfilePass()
+
+    @property
+    def profiling(self) -> bool:
+        return self.args.output_change_scale == PROFILING
 
     def num_res_layers(self, stack: str) -> int:
         return self.arch.depth(stack) * self.arch.sublayers_per_layer(stack)
 
-    def omega(self, stack: str) -> float:
+    def omega(self, stack: str) -> float | str:
+        if self.profiling:
+            return "profiled on the first training batch"
         return admin_omega(self.num_res_layers(stack), self.args.output_change_scale)
 
     def residual(self, site: Site) -> Residual:
+        norm = self.make_norm(self.d_model)
+        if self.profiling:
+            res = ProfiledOmegaResidual(
+                norm, self.d_model, site.stack, self.profile_pass, self.args.as_parameter
+            )
+            self.profile_pass.residuals.append(res)
+            return res
         omega = self.omega(site.stack)
         if self.args.as_parameter:
-            return LearnableOmegaResidual(self.make_norm(self.d_model), self.d_model, omega)
-        return PostNormResidual(self.make_norm(self.d_model), alpha=omega)
+            return LearnableOmegaResidual(norm, self.d_model, omega)
+        return PostNormResidual(norm, alpha=omega)
+
+    # --- the profiling pass (normlab.profiling) -------------------------------------------------
+    def needs_profile(self) -> bool:
+        return any(not r.is_profiled() for r in self.profile_pass.residuals)
+
+    def profile(self, run_forward: Callable[[], Any]) -> None:
+        self.profile_pass.running = dict.fromkeys(self.arch.stacks, 1.0)
+        self.profile_pass.active = True
+        try:
+            run_forward()
+        finally:
+            self.profile_pass.active = False
+        reached = [res.commit() for res in self.profile_pass.residuals]
+        if not all(reached):
+            raise RuntimeError("Admin profiling: the forward pass did not reach every residual sublayer")
+
+    def profiled_values(self) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {}
+        for res in self.profile_pass.residuals:
+            out.setdefault(res.stack, []).append(_first(res.omega))
+        return out
 
     def constants(self, stack: str) -> dict:
         return {

@@ -19,6 +19,7 @@ from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torch import nn
 
 from normlab.callbacks.frozen_gc import FrozenGarbageCollector
+from normlab.callbacks.init_profile import InitProfile
 from normlab.callbacks.run_record import RunRecord
 from normlab.callbacks.schedule import ScheduleCallback
 from normlab.checkpoints import CHECKPOINT_KEY, checkpoint_entry
@@ -36,6 +37,7 @@ from normlab.errors import ConfigError
 from normlab.models.init import materialize
 from normlab.norms.registry import get_strategy_class
 from normlab.optimizer import build_optimizer, clip_grads_with_norm, grad_norm_of, lr_factor
+from normlab.profiling import ProfiledAtStart
 from normlab.progress import ProgressDriven, check_driven, scheduled_modules
 from normlab.typed_config import as_plain, to_dataclass
 
@@ -132,12 +134,15 @@ class TransformerTask(L.LightningModule):
 
     def configure_callbacks(self) -> list[L.Callback]:
         """What any Trainer fitting this task gets: the run record (metrics.json, train_curve.csv,
-        spike scores), when the model has a schedule, the schedule driver, and unless
+        spike scores), when the model has a schedule, the schedule driver, for a strategy with a
+        profiling pass (Admin) the profiler (``callbacks/init_profile.py``), and unless
         ``compute.freeze_gc=false`` the frozen garbage collector (``callbacks/frozen_gc.py``). The
         same instances every time Lightning asks (fit, then test), so the record keeps what the fit
         recorded."""
         if not self._own_callbacks:
             self._own_callbacks = [RunRecord(), *([ScheduleCallback()] if self.has_schedule else [])]
+            if issubclass(get_strategy_class(self.model_cfg.norm), ProfiledAtStart):
+                self._own_callbacks.append(InitProfile())  # a no-op unless the strategy profiles
             if self.compute_cfg.freeze_gc:
                 self._own_callbacks.append(FrozenGarbageCollector())
         return list(self._own_callbacks)
