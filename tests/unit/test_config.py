@@ -107,3 +107,20 @@ def test_a_moved_key_says_where_it_went() -> None:
         ConfigError, match=r"^model\.activation_checkpointing: moved to compute\.activation_checkpointing"
     ):
         validate_model_config({"activation_checkpointing": True})
+
+
+@pytest.mark.parametrize("name", registered_names())
+def test_norm_layer_auto_is_the_strategys_published_class(name: str) -> None:
+    """model.norm_layer=auto (the default) resolves, when the config is validated, to the class the
+    strategy declares for its paper's setup; an explicit class is kept."""
+    from normlab.norms.registry import get_strategy_class
+
+    assert validate_model_config({"norm": name}).norm_layer == get_strategy_class(name).norm_layer
+    assert validate_model_config({"norm": name, "norm_layer": "layernorm"}).norm_layer == "layernorm"
+
+
+def test_the_strategies_whose_code_uses_rmsnorm() -> None:
+    """RMSNorm where the released code uses it (HybridNorm's OLMo config; Mix-LN, LNS and the MixLN
+    repository's sandwich: LLaMA's LlamaRMSNorm); LayerNorm for the others, e.g. DeepNet, Admin."""
+    rms = {n for n in registered_names() if validate_model_config({"norm": n}).norm_layer == "rmsnorm"}
+    assert rms == {"hybridnorm", "hybridnorm_star", "mixln", "lns", "sandwich"}

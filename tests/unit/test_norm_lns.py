@@ -17,12 +17,17 @@ ARCHS = ["decoder", "encoder", "encoder_decoder"]
 V = 40
 
 
+# LayerNorm unless a test says otherwise, so comparisons with preln hold the norm class fixed (lns
+# defaults to the authors' RMSNorm, tests/unit/test_config.py)
+SHAPE = {"d_model": 16, "n_heads": 2, "d_ffn": 32, "norm_layer": "layernorm"}
+
+
 def _cfg(norm: str = "lns", arch: str = "decoder", depth: int = 4, **extra):
-    return tiny_config(norm, arch, depth, **{"d_model": 16, "n_heads": 2, "d_ffn": 32, **extra})
+    return tiny_config(norm, arch, depth, **{**SHAPE, **extra})
 
 
 def _model(norm: str = "lns", arch: str = "decoder", depth: int = 4, seed: int = 0, **extra):
-    return tiny_model(norm, arch, depth, seed, vocab=V, **{"d_model": 16, "n_heads": 2, "d_ffn": 32, **extra})
+    return tiny_model(norm, arch, depth, seed, vocab=V, **{**SHAPE, **extra})
 
 
 _run = forward

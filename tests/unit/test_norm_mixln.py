@@ -19,9 +19,10 @@ V = 50
 
 
 def _cfg(arch: str, depth: int, norm: str = "mixln", **extra):
-    return validate_model_config(
-        {"arch": arch, "norm": norm, "depth": depth, "d_model": 32, "n_heads": 4, "d_ffn": 64, **extra}
-    )
+    """LayerNorm unless a test says otherwise, so comparisons with preln / postln hold the norm class
+    fixed (mixln defaults to the authors' RMSNorm, tests/unit/test_config.py)."""
+    shape = {"d_model": 32, "n_heads": 4, "d_ffn": 64, "norm_layer": "layernorm"}
+    return validate_model_config({"arch": arch, "norm": norm, "depth": depth, **shape, **extra})
 
 
 def _model(arch: str, depth: int, seed: int = 0, norm: str = "mixln", **extra):

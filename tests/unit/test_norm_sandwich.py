@@ -17,9 +17,8 @@ V = 50
 
 
 def _model(arch: str, depth: int = 4, seed: int = 0, **extra):
-    cfg = validate_model_config(
-        {"arch": arch, "norm": "sandwich", "depth": depth, "d_model": 32, "n_heads": 4, "d_ffn": 64, **extra}
-    )
+    shape = {"d_model": 32, "n_heads": 4, "d_ffn": 64, "norm_layer": "layernorm"}  # unless a test says
+    cfg = validate_model_config({"arch": arch, "norm": "sandwich", "depth": depth, **shape, **extra})
     return materialize(build_model(cfg, vocab_size=V), "cpu", seed=seed)
 
 

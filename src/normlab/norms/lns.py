@@ -21,7 +21,8 @@ Layer 1 is exactly Pre-LN.
   implements LNS (``weight.data.fill_(1/math.sqrt(layer_index+1))`` in dandingsky/ProRes). Same
   function at initialisation; the gain is then free to move at the optimiser's pace.
 
-Init of the weights: the standard Xavier-normal init. Cross-attention in an encoder-decoder is
+Norm class: RMSNorm by default (``model.norm_layer=auto``), as in the authors' code. Init of the
+weights: the standard Xavier-normal init. Cross-attention in an encoder-decoder is
 scaled like the other sublayers of its layer (an extension; the paper studies decoder-only LMs).
 """
 
@@ -84,6 +85,7 @@ def lns_scale(layer: int) -> float:
 class LayerNormScaling(NormStrategy):
     name = "lns"
     Args = LNSArgs
+    norm_layer = "rmsnorm"  # the authors' code: LLaMA's RMSNorm (LlamaRMSNorm) everywhere
 
     def residual(self, site: Site) -> Residual:
         if self.args.scaling == "constant":

@@ -11,7 +11,8 @@ Post-LN in the shallow layers keeps their gradients large; Pre-LN in the deep la
 training stable. Default alpha = 0.25, the README's examples (12 layers -> 3 Post-LN layers,
 24 -> 6). L is the depth of each stack (an encoder-decoder splits each stack on its own). The
 final norm follows the Pre-LN part, so alpha = 0 is exactly ``preln`` and alpha = 1 exactly
-``postln``. Init: the standard Xavier-normal init.
+``postln``. Norm class: RMSNorm by default (``model.norm_layer=auto``), as in the authors' LLaMA
+code. Init: the standard Xavier-normal init.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def post_ln_layers(alpha: float, depth: int) -> int:
 class MixLN(NormStrategy):
     name = "mixln"
     Args = MixLNArgs
+    norm_layer = "rmsnorm"  # the authors' code: LLaMA's RMSNorm (LlamaRMSNorm), Post- and Pre-LN layers
 
     def n_post(self, stack: str) -> int:
         return post_ln_layers(self.args.alpha, self.arch.depth(stack))

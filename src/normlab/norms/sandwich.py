@@ -8,9 +8,10 @@ as ``NORM_TYPE=sandwich`` in pixeli99/MixLN ``modeling_llama.py``; Peri-LN (Kim 
 arXiv 2502.02732, ICML 2025) places the norms the same way ("peripheral" to each module), so one
 registry entry covers both. The residual stream is never normalised inside the stack (as in
 Pre-LN), but every branch output is, so no single sublayer can blow up the stream at init or
-during training. Norm class: ``model.norm_layer`` (Peri-LN uses RMSNorm). Not included: Peri-LN's
-optional extra norm on the embedding output (unverified detail, docs/norms.md Sec. 9). Init: the
-standard Xavier-normal init.
+during training. Norm class: RMSNorm by default (``model.norm_layer=auto``), as in the code this
+follows and in Peri-LN; CogView's Sandwich-LN used LayerNorm (``model.norm_layer=layernorm``).
+Not included: Peri-LN's optional extra norm on the embedding output (unverified detail,
+docs/norms.md Sec. 9). Init: the standard Xavier-normal init.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from normlab.norms.registry import register
 @register
 class Sandwich(NormStrategy):
     name = "sandwich"
+    norm_layer = "rmsnorm"  # pixeli99/MixLN NORM_TYPE=sandwich and Peri-LN use RMSNorm (CogView: LayerNorm)
 
     def residual(self, site: Site) -> Residual:
         return SandwichResidual(self.make_norm(self.d_model), self.make_norm(self.d_model))
