@@ -52,6 +52,7 @@ def format_description(description: dict[str, Any]) -> str:
     lines = [
         f"norm strategy: {description['norm']}  (arch={description['arch']}, "
         f"N={description['encoder_depth']}, M={description['decoder_depth']})"
+        + (f"  norm class: {description['norm_class']}" if "norm_class" in description else "")
     ]
     if description.get("args"):
         lines.append("  args: " + ", ".join(f"{k}={_fmt(v)}" for k, v in description["args"].items()))

@@ -124,3 +124,14 @@ def test_the_strategies_whose_code_uses_rmsnorm() -> None:
     repository's sandwich: LLaMA's LlamaRMSNorm); LayerNorm for the others, e.g. DeepNet, Admin."""
     rms = {n for n in registered_names() if validate_model_config({"norm": n}).norm_layer == "rmsnorm"}
     assert rms == {"hybridnorm", "hybridnorm_star", "mixln", "lns", "sandwich"}
+
+
+def test_the_description_names_the_norm_class() -> None:
+    """What train.py prints at start, eval.py for a checkpoint and python -m normlab.describe: the
+    class every norm of the model is."""
+    from normlab.description import format_description, model_description
+
+    text = format_description(model_description(validate_model_config({"norm": "hybridnorm"})))
+    assert text.splitlines()[0].endswith("norm class: RMSNorm")
+    text = format_description(model_description(validate_model_config({"norm": "deepnorm"})))
+    assert text.splitlines()[0].endswith("norm class: LayerNorm")

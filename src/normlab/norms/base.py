@@ -213,6 +213,7 @@ class NormStrategy(nn.Module):
             "arch": self.arch.arch,
             "encoder_depth": self.arch.encoder_depth,
             "decoder_depth": self.arch.decoder_depth,
+            "norm_class": type(self.make_norm(1)).__name__,  # what model.norm_layer resolved to
             "args": dataclasses.asdict(self.args),
         }
         for stack in self.arch.stacks:
