@@ -18,6 +18,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from normlab.callbacks.run_record import CURVE_FILE, METRICS_FILE
+from normlab.errors import ConfigError
+from normlab.norms.registry import get_strategy_class
 
 PLATEAU_MARGIN = 0.15  # nats: within this of the unigram baseline = learned token frequencies only
 
@@ -102,10 +104,20 @@ def strategy_label(model: dict[str, Any]) -> str:
             name = "T" if key == "max_norm_step" else key
             shown.append(str(value) if key == "form" else f"{name}={value}")
         label += " " + " ".join(shown)
+    layer = model.get("norm_layer")
+    if layer and layer != "auto" and layer != _published_norm_layer(str(model.get("norm"))):
+        label += f" ({layer})"  # a norm class other than the paper's, e.g. an older run's LayerNorm
     warmup = model.get("residual_warmup")
     if warmup:
         label += f" + ProRes {warmup.get('schedule')} T={warmup.get('T')}"
     return label
+
+
+def _published_norm_layer(norm: str) -> str | None:
+    try:
+        return get_strategy_class(norm).norm_layer
+    except ConfigError:  # a run of a strategy this checkout does not have
+        return None
 
 
 TASKS = {

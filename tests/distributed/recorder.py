@@ -27,6 +27,11 @@ def local(param: torch.Tensor) -> torch.Tensor:
     return param.to_local() if hasattr(param, "to_local") else param
 
 
+def _omegas(pl_module: L.LightningModule) -> list[float]:
+    profiled = [m for m in pl_module.modules() if hasattr(m, "profiled") and hasattr(m, "omega")]
+    return [float(local(m.omega.detach()).reshape(-1)[0]) for m in profiled]
+
+
 class Recorder(L.Callback):
     def __init__(self, out_dir: str) -> None:
         self.out_dir = Path(out_dir)
@@ -57,8 +62,10 @@ class Recorder(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.record["global_step_at_start"] = trainer.global_step  # after a resume: the restored step
-        profiled = [m for m in pl_module.modules() if hasattr(m, "profiled") and hasattr(m, "omega")]
-        self.record["omegas"] = [float(local(m.omega.detach()).reshape(-1)[0]) for m in profiled]  # Admin
+        self.record["omegas"] = _omegas(pl_module)  # Admin's profiled values, if any
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.record["omegas_end"] = _omegas(pl_module)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int

@@ -15,8 +15,16 @@ from tests.distributed.test_fsdp import recorder_args
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 
-@pytest.mark.parametrize("as_parameter", [False, True])
-def test_both_ranks_profile_the_same_omegas(tmp_path: Path, data_dir: Path, as_parameter: bool) -> None:
+@pytest.mark.parametrize(
+    ("as_parameter", "reshard"),
+    [(False, True), (True, True), (True, False)],
+    ids=["buffer", "vector", "vector-kept"],
+)
+def test_both_ranks_profile_the_same_omegas(
+    tmp_path: Path, data_dir: Path, as_parameter: bool, reshard: bool
+) -> None:
+    """reshard=False: trainer.strategy.reshard_after_forward=false keeps the gathered parameters after
+    the pass; the values must still land in the sharded parameters (checked after 3 steps)."""
     overrides = [
         "experiment=debug",
         "trainer=fsdp",
@@ -28,6 +36,7 @@ def test_both_ranks_profile_the_same_omegas(tmp_path: Path, data_dir: Path, as_p
         "model.norm=admin",
         "++model.norm_args.output_change_scale=profiling",
         f"++model.norm_args.as_parameter={str(as_parameter).lower()}",
+        f"trainer.strategy.reshard_after_forward={str(reshard).lower()}",
         "callbacks=none",
         "~logger",
         f"paths.data_dir={data_dir}",
@@ -41,4 +50,6 @@ def test_both_ranks_profile_the_same_omegas(tmp_path: Path, data_dir: Path, as_p
     omegas = [ranks[r]["omegas"] for r in (0, 1)]
     assert len(omegas[0]) == 6 and omegas[0][0] == 1.0 and omegas[0][-1] > 1.0
     assert omegas[0] == omegas[1]
+    end = ranks[0]["omegas_end"]  # learnable omegas move by ~lr per step, not back to 1
+    assert end[-1] == pytest.approx(omegas[0][-1], abs=0.05) and end[-1] > 1.05
     assert all(len(ranks[r]["losses"]) == 3 for r in (0, 1))

@@ -150,3 +150,41 @@ def test_closed_form_admin_never_needs_a_profile() -> None:
     model = materialize(build_model(cfg, vocab_size=V), "cpu", seed=0)
     assert not model.norm_strategy.needs_profile() and not _residuals(model)
     model(_ids())  # no profile needed
+
+
+def test_a_residual_warm_up_is_refused_with_profiling() -> None:
+    """At step 0 ProRes silences the branches the pass would measure (omega ~ 1): refused, one line."""
+    cfg = validate_model_config(
+        {
+            "norm": "admin",
+            "depth": 2,
+            "d_model": 32,
+            "n_heads": 4,
+            "d_ffn": 64,
+            "norm_args": {"output_change_scale": "profiling"},
+            "residual_warmup": {"schedule": "linear", "T": 10},
+        }
+    )
+    with pytest.raises(ConfigError, match=r"^model.residual_warmup: Admin's profiling pass") as err:
+        build_model(cfg, vocab_size=V)
+    assert "\n" not in str(err.value)
+
+
+def test_loading_an_unprofiled_state_is_noticed() -> None:
+    """A profiled model that loads an unprofiled state (a checkpoint saved before the pass) reads the
+    flag again and refuses the forward instead of running with placeholder omegas."""
+    model, ids = _model(), _ids()
+    _profile(model, "decoder", ids)
+    model(ids)
+    model.load_state_dict(_model(seed=3).state_dict())
+    with pytest.raises(ConfigError, match="omega has not been profiled"):
+        model(ids)
+
+
+def test_the_description_shows_the_profiled_values() -> None:
+    model = _model()
+    assert model.norm_strategy.describe()["decoder"]["omega"] == "profiled on the first training batch"
+    _profile(model, "decoder", _ids())
+    values = model.norm_strategy.profiled_values()["decoder"]
+    described = model.norm_strategy.describe()["decoder"]["omega"]
+    assert described == f"profiled: {values[0]:.4g} (first sublayer) ... {values[-1]:.4g} (last)"

@@ -240,3 +240,18 @@ def test_arguments_are_validated() -> None:
     with pytest.raises(ConfigError, match=r"model.norm_args.input_correlation: must be in \(0, 1\], got 0.0"):
         _model("decoder", 2, norm_args={"input_correlation": 0.0})
     assert _model("decoder", 24, norm_args={"k": 6}).norm_strategy.describe()["decoder"]["beta"] == 0.5
+
+
+def test_the_decoder_of_an_encoder_decoder_counts_its_cross_attention() -> None:
+    """Decoder layers have one more attention step (cross-attention): after layer 0, r = lam^2 (lam^2
+    r_0 + beta^2) + beta^2 before the FFN, so r_1 is larger than without it."""
+    lam, beta = deepscalelm_constants(8)
+    r0, lam2, beta2 = 0.221, lam**2, beta**2
+    r = lam2 * (lam2 * r0 + beta2) + beta2
+    expected = lam2 * r + beta2 * relu_correlation(r)
+    with_cross = stream_correlations(2, lam, beta, r0, 0.0, cross_attention=True)
+    assert with_cross[1] == pytest.approx(expected, rel=1e-12)
+    assert with_cross[1] > stream_correlations(2, lam, beta, r0, 0.0)[1]
+    model = _model("encoder_decoder", 8)
+    stds = model.norm_strategy.value_out_stds("decoder")
+    assert stds[1] < model.norm_strategy.value_out_stds("encoder")[1]  # larger r, smaller std

@@ -43,12 +43,14 @@ def first_batch_on_every_rank(
     is_rank_zero: bool, make_loader: Callable[[], Any] | None, device: torch.device, size: int | None = None
 ) -> Any:
     """The first ``size`` examples of ``make_loader()``'s first batch on ``device``, the same on every
-    rank (taken on rank 0), or None when there is no loader. The global RNG state is unchanged."""
+    rank (taken on rank 0), or None on every rank when there is no loader or it yields nothing. The
+    global RNG state is unchanged."""
     batch = None
     if is_rank_zero and make_loader is not None:
         with torch.random.fork_rng(devices=[]):
             loader = make_loader()
-            batch = slice_batch(next(iter(loader)), size) if loader is not None else None
+            first = next(iter(loader), None) if loader is not None else None
+            batch = slice_batch(first, size) if first is not None else None
     if distributed():
         holder = [batch]
         dist.broadcast_object_list(holder, src=0)

@@ -20,11 +20,13 @@ decoder of an encoder-decoder (self-attn, cross-attn, FFN). Example: n = 12 -> o
 (O(logn)), 3.464102 (O(1)), 1.0 (O(n)).
 
 ``output_change_scale="profiling"`` is the original (Transformer-Clinic ``adaptive-profiling``,
-docs/norms.md Sec. 6): at the start of a fit, one forward pass in eval mode over the first training
-batch (the same on every rank) walks the sublayers of each stack in order with a running scalar r
-(1.0 at the stack's first sublayer): sublayer i gets omega_i = r, then
+docs/norms.md Sec. 6): at the start of a fit, one forward pass without gradients over the first
+training batch (the same on every rank, in train mode as the original, callbacks/init_profile.py)
+walks the sublayers of each stack in order with a running scalar r (1.0 at the stack's first
+sublayer): sublayer i gets omega_i = r, then
 r <- sqrt(Var[omega_i * x_{i-1}] + Var[f_i(x_{i-1})]) (variances over all elements of the batch,
-the branch term as the model adds it, ProRes gate included). The values are buffers, so checkpoints
+the branch term as the model adds it). A ProRes residual warm-up is refused with it: at step 0 the
+warm-up silences the branches the pass measures. The values are buffers, so checkpoints
 keep them and ``init_from`` carries an encoder's into a classifier; a forward pass before profiling
 is refused in one line (normlab.profiling).
 
@@ -117,6 +119,17 @@ class ProfiledOmegaResidual(Residual):
     def reset_parameters(self) -> None:
         self.reset_state()
 
+    def attach_gate(self, gate: Any) -> None:
+        raise ConfigError(
+            "model.residual_warmup: Admin's profiling pass would measure the branches at step 0, where "
+            "the warm-up silences them (omega ~ 1, i.e. Post-LN); use output_change_scale=O(logn) with a "
+            "warm-up, or no warm-up"
+        )
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._ready = False  # read the loaded flag again at the next forward
+
     def reset_state(self) -> None:
         with torch.no_grad():
             self.omega.fill_(1.0)
@@ -136,10 +149,10 @@ class ProfiledOmegaResidual(Residual):
         return self.norm(self.omega * x + self.gated(branch(x)))
 
     def _measure(self, x: Tensor, branch: Branch) -> Tensor:
-        """One sublayer of the profiling pass (eager Python: under compute.compile_blocks the
-        float() below is a graph break, once). omega is only remembered here and written by
-        :meth:`commit` after the pass: inside an FSDP2 forward a parameter is a temporary
-        all-gathered copy, and a write to it would be lost."""
+        """One sublayer of the profiling pass (run eagerly: callbacks/init_profile.py). omega is only
+        remembered here and written by :meth:`commit` after the pass, once FSDP2 has resharded:
+        inside an FSDP2 forward a parameter is a temporary all-gathered copy, and a write to it
+        would be lost."""
         omega = self._pass.running[self.stack]
         skip, term = omega * x, self.gated(branch(x))
         variance = skip.float().var(unbiased=False) + term.float().var(unbiased=False)
@@ -201,6 +214,10 @@ class Admin(ProfiledAtStart, NormStrategy):
 
     def omega(self, stack: str) -> float | str:
         if self.profiling:
+            residuals = [r for r in self.profile_pass.residuals if r.stack == stack]
+            if residuals and not residuals[0].omega.is_meta and not self.needs_profile():
+                values = [_first(r.omega) for r in residuals]
+                return f"profiled: {values[0]:.4g} (first sublayer) ... {values[-1]:.4g} (last)"
             return "profiled on the first training batch"
         return admin_omega(self.num_res_layers(stack), self.args.output_change_scale)
 

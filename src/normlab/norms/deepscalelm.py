@@ -27,7 +27,8 @@ read for this project; docs/norms.md Sec. 7c):
   correlated) and ``r <- lam^2 r + beta^2 (1 - p) * relu_corr(r)`` after the FFN, with
   relu_corr(r) = r + (sqrt(1 - r^2) - r * acos(r)) / pi. ``attention_init="fan_in"`` is
   N(0, 1/d), the r = 1, p = 0 case (this project's reading before the code was read). Cross-attention
-  keeps N(0, 1/d): the authors' code has no encoder-decoder;
+  keeps N(0, 1/d): the authors' code has no encoder-decoder; in such a decoder the recursion counts
+  its cross-attention as one more attention step (an extension);
 - fc1 and fc2: both N(0, sigma_f^2), sigma_f^2 = sqrt((1 - p) / (m2 * d * d_ffn)), m2 = 1/2 the second
   moment of ReLU(z), z ~ N(0, 1). For d_ffn = 4d this is the authors' sqrt((1 - p) / 2) / d; the
   d_ffn form keeps Var[fc2(relu(fc1 x))] = 1 for other widths. (GELU has m2 = 0.425, so a GELU
@@ -101,14 +102,20 @@ def relu_correlation(r: float) -> float:
     return r + (math.sqrt(max(0.0, 1.0 - r * r)) - r * math.acos(min(1.0, r))) / math.pi
 
 
-def stream_correlations(depth: int, lam: float, beta: float, r0: float, dropout: float) -> list[float]:
+def stream_correlations(
+    depth: int, lam: float, beta: float, r0: float, dropout: float, cross_attention: bool = False
+) -> list[float]:
     """r_l for l = 0..depth-1: the token correlation of the stream entering layer l's attention, at
-    init (unit variances, lam^2 + beta^2 = 1), as the authors' recursion computes it."""
+    init (unit variances, lam^2 + beta^2 = 1), as the authors' recursion computes it. With
+    ``cross_attention`` (the decoder of an encoder-decoder, an extension: the authors' code is
+    encoder-only) the cross-attention residual is one more attention step, whose output (an
+    average of the memory's values) is as correlated across target tokens as self-attention's."""
     keep, lam_sq, beta_sq = 1.0 - dropout, lam * lam, beta * beta
     r, out = r0 * keep, []
     for _ in range(depth):
         out.append(r)
-        r = lam_sq * r + beta_sq * keep  # attention output: tokens fully correlated, then dropout
+        for _ in range(2 if cross_attention else 1):
+            r = lam_sq * r + beta_sq * keep  # attention output: tokens fully correlated, then dropout
         r = lam_sq * r + beta_sq * keep * relu_correlation(r)
     return out
 
@@ -181,7 +188,8 @@ class DeepScaleLM(NormStrategy):
                 out[stack] = [d**-0.5] * self.arch.depth(stack)
                 continue
             lam, beta = self.lambda_beta(stack)
-            rs = stream_correlations(self.arch.depth(stack), lam, beta, self.args.input_correlation, p)
+            cross = self.arch.sublayers_per_layer(stack) == 3
+            rs = stream_correlations(self.arch.depth(stack), lam, beta, self.args.input_correlation, p, cross)
             out[stack] = [value_out_std(d, r, p) for r in rs]
         return out
 
