@@ -255,3 +255,10 @@ def test_the_decoder_of_an_encoder_decoder_counts_its_cross_attention() -> None:
     model = _model("encoder_decoder", 8)
     stds = model.norm_strategy.value_out_stds("decoder")
     assert stds[1] < model.norm_strategy.value_out_stds("encoder")[1]  # larger r, smaller std
+
+
+def test_embedding_variance_is_one_minus_p_before_its_dropout() -> None:
+    """The authors' (1 - p)/3 per table for BERT's three tables sums to 1 - p; one table here."""
+    for p in (0.0, 0.1):
+        model = _model("decoder", 4, d_model=64, dropout=p)
+        assert model.embed(torch.arange(V)).var().item() == pytest.approx(1.0 - p, rel=0.1)

@@ -16,7 +16,9 @@ Init: every branch maps unit variance to unit variance at dropout p (``model.dro
 the authors' released code (akhilkedia/TranformersGetStable, ``DSLM_signal_propagation_figures``,
 read for this project; docs/norms.md Sec. 7c):
 
-- embeddings: unit variance (the core's d^-1/2 init times sqrt(d));
+- embeddings: variance 1 - p (std sqrt(1 - p) d^-1/2, times the core's sqrt(d) scale), so the
+  embedding dropout that follows gives unit variance: the authors' (1 - p)/3 for each of BERT's three
+  tables, summed, for the one table here;
 - W^Q, W^K: N(0, 1/d);
 - W^V, W^O of self-attention (``attention_init="correlation"``, the default): both N(0, sigma_l^2)
   with sigma_l^2 = sqrt((1 - p) / r_l) / d, where r_l is the correlation between the tokens of the
@@ -41,8 +43,8 @@ layers with beta^2 = 0.005, which is k/N with k = 2 only if N counts sublayers (
 the evidence is split; Sec. 7c says how sure this is.
 
 Provenance: the residual rule is the paper's; the init is the authors' code at p and d_ffn = 4d,
-generalised to any d_ffn; the embedding (unit variance from one table, not (1 - p)/3 per table of
-BERT's three) and the BERT LM-head rescaling of the authors' code are not copied.
+generalised to any d_ffn, and the embedding variance for one table instead of BERT's three; the
+BERT LM-head rescaling of the authors' code is not copied.
 """
 
 from __future__ import annotations
@@ -208,6 +210,8 @@ class DeepScaleLM(NormStrategy):
             return InitSpec("normal", std=self.value_out_stds(site.stack)[site.layer])
         if site is not None and role in (Role.Q, Role.K, Role.V, Role.OUT):
             return InitSpec("normal", std=self.d_model**-0.5)
+        if role is Role.EMBEDDING:
+            return InitSpec("normal", std=((1.0 - self.arch.dropout) / self.d_model) ** 0.5)
         return super().init_spec(site, role)
 
     def constants(self, stack: str) -> dict:
