@@ -142,7 +142,7 @@ def validate_trainer_config(node: Any) -> Any:
             f"trainer.precision: {precision} needs a GPU with bfloat16 support; use 16-mixed or 32-true"
         )
     strategy = node.get("strategy", "auto")
-    target = strategy.get("_target_", "") if hasattr(strategy, "get") else ""
+    target = strategy_target(node)
     if isinstance(strategy, str) and strategy in FSDP1_NAMES and device != "cuda":
         raise ConfigError(
             f"trainer.strategy: Lightning's FSDP1 strategy {strategy!r} runs only on CUDA GPUs; "
@@ -166,11 +166,15 @@ def validate_trainer_config(node: Any) -> Any:
     return node
 
 
+def strategy_target(node: Any) -> str:
+    """The ``_target_`` of the trainer node's strategy, or "" for a strategy given by name."""
+    strategy = node.get("strategy", "auto")
+    return strategy.get("_target_", "") if hasattr(strategy, "get") else ""
+
+
 def refuse_fused_adamw_under_fsdp2(node: Any, fused: bool) -> None:
     """``optim.fused=true`` with ``trainer=fsdp``: one line before any data work, not a silent swap."""
-    strategy = node.get("strategy", "auto")
-    target = strategy.get("_target_", "") if hasattr(strategy, "get") else ""
-    if fused and target == FSDP2_TARGET:
+    if fused and strategy_target(node) == FSDP2_TARGET:
         raise ConfigError(FUSED_UNDER_FSDP2)
 
 

@@ -214,9 +214,9 @@ class Admin(ProfiledAtStart, NormStrategy):
 
     def omega(self, stack: str) -> float | str:
         if self.profiling:
-            residuals = [r for r in self.profile_pass.residuals if r.stack == stack]
+            residuals = self.profile_pass.residuals
             if residuals and not residuals[0].omega.is_meta and not self.needs_profile():
-                values = [_first(r.omega) for r in residuals]
+                values = self.profiled_values()[stack]
                 return f"profiled: {values[0]:.4g} (first sublayer) ... {values[-1]:.4g} (last)"
             return "profiled on the first training batch"
         return admin_omega(self.num_res_layers(stack), self.args.output_change_scale)
