@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 NORMLAB_DATA_MIRROR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 export NORMLAB_DATA_MIRROR
 
-.PHONY: setup train eval test test-fast test-slow lint format bench bench-peers clean
+.PHONY: setup train eval test test-fast test-slow lint format bench bench-peers gpu-wheels clean
 
 setup: $(VENV)/.installed
 
@@ -48,6 +48,14 @@ bench: setup  ## speed / memory tables (see benchmarks/README in the main README
 bench-peers: setup  ## normlab vs torchscale vs a plain stack, depth 1 (the memory floor), 100 and 1000 (about 30 minutes on 2 CPU cores)
 	$(BIN)/pip install --no-deps torchscale==0.3.0 fairscale==0.4.0
 	$(BIN)/python benchmarks/peers.py --depths 1 100 1000 --rounds 2 --out benchmarks/results/peers $(ARGS)
+
+# A GPU machine with torch but no package index (an air-gapped node, a bare CUDA image) runs
+# benchmarks/gpu_check.sh from .whl/: the pure-Python packages it lacks, at this venv's versions
+GPU_WHEELS := omegaconf hydra-core antlr4-python3-runtime
+gpu-wheels: setup  ## .whl/ for benchmarks/gpu_check.sh on a machine without a package index
+	rm -rf .whl
+	$(BIN)/pip wheel --no-deps -w .whl torchscale==0.3.0 fairscale==0.4.0 \
+	  $(foreach p,$(GPU_WHEELS),$(p)==$(shell $(BIN)/python -c "import importlib.metadata as m; print(m.version('$(p)'))"))
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -345,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
                 before = {"impl": f"normlab@{commit}", "norm": norm, "depth": depth, "variant": "default"}
                 specs.append({**before, "pythonpath": str(Path(args.before) / "src")})
     rows: list[dict[str, Any]] = []
+    failed = 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     for round_ in range(args.rounds):
         for spec in round_order(specs, round_):
@@ -361,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             row, tail = run_measuring(one_row_command(full), run_env)
             if row is None:
                 print(f"[peers] {label(spec)} {spec['norm']} {spec['depth']}: failed: {tail}", flush=True)
+                failed += 1
                 continue
             rows.append(row)
             print(
@@ -373,6 +375,10 @@ def main(argv: list[str] | None = None) -> int:
                 args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
                 args.out.with_suffix(".md").write_text(report(rows, argv) + "\n")
     print(report(rows, argv))
+    if failed:  # the table keeps every row that was measured; the exit status says it is incomplete
+        total = len(specs) * args.rounds
+        print(f"[peers] {failed} of {total} measurements failed (see above)", file=sys.stderr)
+        return 1
     return 0
 
 

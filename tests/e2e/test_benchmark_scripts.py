@@ -1,7 +1,8 @@
 """The benchmark scripts still run (they are not timed here: speed is never asserted in tests).
 
 A smoke run of ``benchmarks/peers.py`` at depth 2 for normlab and the plain stack, with one normlab
-variant, of ``benchmarks/peers_paired.py`` (the same rows from one process, in rotating order), of
+variant (and of ``benchmarks/gpu_check.sh``, which runs it, with the device set to the CPU), of
+``benchmarks/peers_paired.py`` (the same rows from one process, in rotating order), of
 ``benchmarks/optimizer_step.py``, ``benchmarks/gradient_lifetime.py``, ``benchmarks/gc_pauses.py`` and
 ``benchmarks/callback_costs.py`` (a real ``train.py`` run under Lightning's profiler): they finish and
 write the table they promise, and the models peers compares have the same parameter count (the
@@ -45,6 +46,48 @@ def test_peers_benchmark_runs_and_compares_equal_models(tmp_path: Path) -> None:
     assert len({r["params_m"] for r in rows}) == 1, rows  # the same model in every row
     assert all(r["step_s"] > 0 and r["peak_mb"] > 0 for r in rows)
     assert "| plain | deepnorm | 2 |" in out.with_suffix(".md").read_text()
+
+
+def test_a_failed_measurement_keeps_the_table_and_exits_non_zero(tmp_path: Path) -> None:
+    out = tmp_path / "peers"
+    args = ["--depths", "2", "--norms", "preln", "--impls", "plain", "--device", "bogus", "--rounds", "1"]
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/peers.py", *args, "--warmup", "1", "--steps", "1", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "[peers] plain preln 2: failed:" in proc.stdout
+    assert proc.stderr.strip().splitlines()[-1] == "[peers] 1 of 1 measurements failed (see above)"
+
+
+def test_gpu_check_script_runs_its_table_on_the_cpu(tmp_path: Path) -> None:
+    """benchmarks/gpu_check.sh itself, end to end, with the device set to the CPU and depth 2: the rows
+    it will measure on a GPU (normlab fp32 and bf16-mixed, the plain stack; torchscale where installed)
+    reach its table. The CUDA path differs only in the device string and the GPU-memory peak."""
+    out = tmp_path / "gpu_check"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
+    env.update(GPU_CHECK_DEVICE="cpu", GPU_CHECK_OUT=str(out))
+    proc = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh", "--depths", "2", "--warmup", "1", "--steps", "1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.with_suffix(".json").read_text())
+    measured = {(r["impl"], r["variant"], r["norm"], r["depth"], r["device"]) for r in rows}
+    for norm in ("deepnorm", "preln"):
+        for impl, variant in (("normlab", "default"), ("normlab", "bf16-mixed"), ("plain", "default")):
+            assert (impl, variant, norm, 2, "cpu") in measured, measured
+    table = out.with_suffix(".md").read_text()
+    assert "| normlab (bf16-mixed) | deepnorm | 2 |" in table
+    assert table.splitlines()[0] in proc.stdout  # the table is printed, not only written
 
 
 def test_peers_paired_benchmark_times_all_implementations_in_one_process(tmp_path: Path) -> None:
