@@ -146,10 +146,12 @@ def test_depth_1000_builds_on_meta_without_storage() -> None:
     ) + V * 32 + 1000 * (3 * 32 + 32 + 64 + 32 + 4 * 32)  # weights + biases + 2 LayerNorms per layer
 
 
+@pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_gelu_fc2_step_gives_bit_identical_gradients(threads: int) -> None:
-    """FeedForward's GeluLinear (saves the fc1 output only, recomputes GELU in backward) against the
-    two autograd ops it replaces."""
+def test_gelu_fc2_step_gives_bit_identical_gradients(threads: int, bias: bool) -> None:
+    """FeedForward's GeluLinear (saves the fc1 output only, recomputes GELU in backward, computes its
+    output into a tensor allocated before the GELU temporary) against the two autograd ops it
+    replaces."""
     import torch.nn.functional as F
 
     from normlab.models.feedforward import GeluLinear
@@ -163,9 +165,11 @@ def test_gelu_fc2_step_gives_bit_identical_gradients(threads: int) -> None:
         results = []
         for fused in (False, True):
             a, w, b = (t.clone().requires_grad_() for t in (a0, w0, b0))
+            b = b if bias else None
             y = GeluLinear.apply(a, w, b) if fused else F.linear(F.gelu(a), w, b)
             y.backward(grad)
-            results.append((y.detach(), a.grad, w.grad, b.grad))
+            assert not fused or y._base is None  # a fresh tensor, which residual modules may add into
+            results.append((y.detach(), a.grad, w.grad, b.grad if bias else a.grad))
     finally:
         torch.set_num_threads(before)
     for plain, fused in zip(*results, strict=True):

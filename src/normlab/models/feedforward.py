@@ -28,13 +28,27 @@ class GeluLinear(torch.autograd.Function):
     """``y = gelu(a) @ W^T + b`` saving ``a`` only; backward recomputes ``gelu(a)`` and makes the same
     calls autograd makes for the two ops (``gelu_backward``, ``mm`` on the same operands in the same
     order, a sum for the bias). The weight's gradient comes out contiguous like the weight, so
-    AccumulateGrad keeps it as it is instead of copying it into the weight's layout."""
+    AccumulateGrad keeps it as it is instead of copying it into the weight's layout.
+
+    Forward allocates ``y`` before the GELU output, the widest temporary of a block, and computes the
+    product into it (``F.linear``'s own ``addmm`` / ``mm`` call, so bit-identical). The temporary is
+    then the newest allocation when it is freed, and goes back to the top of the heap instead of
+    leaving a d_ffn-wide hole under ``y`` that later, smaller allocations only partly refill (glibc's
+    aligned allocations cannot reuse a freed chunk of their own size). ``y`` is a fresh tensor, not
+    a view, which residual modules may add into in place (:func:`normlab.norms.base.add_into`)."""
 
     @staticmethod
     def forward(ctx: Any, a: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         ctx.save_for_backward(a, weight)
         ctx.has_bias = bias is not None
-        return F.linear(F.gelu(a), weight, bias)
+        y = a.new_empty((*a.shape[:-1], weight.shape[0]))
+        h = F.gelu(a)
+        h2, y2 = h.reshape(-1, h.shape[-1]), y.view(-1, y.shape[-1])
+        if bias is None:
+            torch.mm(h2, weight.t(), out=y2)
+        else:
+            torch.addmm(bias, h2, weight.t(), out=y2)
+        return y
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
