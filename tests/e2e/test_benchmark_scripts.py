@@ -3,8 +3,9 @@
 A smoke run of ``benchmarks/peers.py`` at depth 2 for normlab and the plain stack, with one normlab
 variant (and of ``benchmarks/gpu_check.sh``, which runs it, with the device set to the CPU), of
 ``benchmarks/peers_paired.py`` (the same rows from one process, in rotating order), of
-``benchmarks/optimizer_step.py``, ``benchmarks/gradient_lifetime.py``, ``benchmarks/gc_pauses.py`` and
-``benchmarks/callback_costs.py`` (a real ``train.py`` run under Lightning's profiler): they finish and
+``benchmarks/optimizer_step.py``, ``benchmarks/gradient_lifetime.py``, ``benchmarks/gc_pauses.py``,
+``benchmarks/heap.py`` and ``benchmarks/callback_costs.py`` (a real ``train.py`` run under
+Lightning's profiler): they finish and
 write the table they promise, and the models peers compares have the same parameter count (the
 peers' premise: the same model)."""
 
@@ -106,6 +107,17 @@ def test_peers_paired_benchmark_times_all_implementations_in_one_process(tmp_pat
         f"`python benchmarks/peers_paired.py {' '.join(args[1:])} --rounds 3 --warmup 1 --out {out}`"
     )
     assert "| plain | preln | 2 |" in text
+
+
+def test_heap_benchmark_reads_the_heap_after_each_forward(tmp_path: Path) -> None:
+    out = tmp_path / "heap"
+    _run(["benchmarks/heap.py", "--depth", "2", "--norms", "preln", "--steps", "2", "--out", str(out)])
+    (row,) = json.loads(out.with_suffix(".json").read_text())
+    assert row["checkout"] == "current" and len(row["after_forward"]) == 2
+    for reading in row["after_forward"]:
+        assert reading["heap_in_use_mb"] > 0 and reading["rss_mb"] > reading["heap_in_use_mb"]
+    assert row["end"]["peak_mb"] >= max(r["rss_mb"] for r in row["after_forward"])
+    assert "| current | preln | 2 |" in out.with_suffix(".md").read_text()
 
 
 def test_gc_pauses_benchmark_times_the_collector(tmp_path: Path) -> None:

@@ -48,7 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from normlab.errors import ConfigError
-from normlab.norms.base import Branch, NormStrategy, PostNormResidual, Residual, Site
+from normlab.norms.base import Branch, NormStrategy, PostNormResidual, Residual, Site, add_into
 from normlab.norms.registry import register
 from normlab.profiling import ProfiledAtStart
 
@@ -146,7 +146,7 @@ class ProfiledOmegaResidual(Residual):
             return self._measure(x, branch)
         if not self.is_profiled():
             raise ConfigError(UNPROFILED)
-        return self.norm(self.omega * x + self.gated(branch(x)))
+        return self.norm(add_into(self.omega * x, self.gated(branch(x))))
 
     def _measure(self, x: Tensor, branch: Branch) -> Tensor:
         """One sublayer of the profiling pass (run eagerly: callbacks/init_profile.py). omega is only
@@ -158,7 +158,7 @@ class ProfiledOmegaResidual(Residual):
         variance = skip.float().var(unbiased=False) + term.float().var(unbiased=False)
         self._pass.running[self.stack] = math.sqrt(float(variance))
         self._measured = omega
-        return self.norm(skip + term)
+        return self.norm(add_into(skip, term))
 
     def commit(self) -> bool:
         """Write the value measured in the pass into omega (and mark it profiled); False when the
@@ -190,7 +190,7 @@ class LearnableOmegaResidual(Residual):
             self.omega.fill_(self.init_value)
 
     def forward(self, x: Tensor, branch: Branch) -> Tensor:
-        return self.norm(self.omega * x + self.gated(branch(x)))
+        return self.norm(add_into(self.omega * x, self.gated(branch(x))))
 
     def extra_repr(self) -> str:
         return f"omega_init={self.init_value:.6g}"

@@ -54,7 +54,7 @@ import torch
 from torch import Tensor
 
 from normlab.errors import ConfigError
-from normlab.norms.base import Branch, NormStrategy, Residual, Site
+from normlab.norms.base import Branch, NormStrategy, Residual, Site, add_into
 from normlab.norms.registry import register
 from normlab.progress import ProgressDriven
 
@@ -113,7 +113,7 @@ class BranchRampResidual(Residual):
 
     def forward(self, x: Tensor, branch: Branch) -> Tensor:
         # s == 1.0 from step T on, and y * 1.0 == y exactly: Post-LN bit for bit
-        return self.norm(x + self.gated(branch(x) * self._strategy.scale))
+        return self.norm(add_into(self.gated(branch(x) * self._strategy.scale), x))
 
 
 class BranchStandardizeResidual(Residual):
@@ -131,7 +131,7 @@ class BranchStandardizeResidual(Residual):
         a = self._strategy.exponent
         # (Var + eps)^(-0) == 1 exactly, so at a = 0 this is Post-LN bit for bit
         scale = (y.var(-1, unbiased=False, keepdim=True) + self.eps).pow(-a / 2)
-        return self.norm(x + self.gated(y * scale))
+        return self.norm(add_into(self.gated(y * scale), x))
 
     def extra_repr(self) -> str:
         return f"eps={self.eps:g}"

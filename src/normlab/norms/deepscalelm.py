@@ -57,7 +57,7 @@ import torch
 from torch import Tensor, nn
 
 from normlab.errors import ConfigError
-from normlab.norms.base import Branch, InitSpec, NormStrategy, Residual, Role, Site
+from normlab.norms.base import Branch, InitSpec, NormStrategy, Residual, Role, Site, add_into
 from normlab.norms.registry import register
 
 PLACEMENTS = ("pre", "post")
@@ -151,7 +151,7 @@ class ScaledPreNormResidual(Residual):
         self.norm, self.lam, self.beta = norm, float(lam), float(beta)
 
     def forward(self, x: Tensor, branch: Branch) -> Tensor:
-        return self.lam * x + self.gated(self.beta * branch(self.norm(x)))
+        return add_into(self.lam * x, self.gated(self.beta * branch(self.norm(x))))
 
     def extra_repr(self) -> str:
         return f"lambda={self.lam:.6g}, beta={self.beta:.6g}"
@@ -161,7 +161,7 @@ class ScaledPostNormResidual(ScaledPreNormResidual):
     """``norm(lam * x + beta * f(x))``."""
 
     def forward(self, x: Tensor, branch: Branch) -> Tensor:
-        return self.norm(self.lam * x + self.gated(self.beta * branch(x)))
+        return self.norm(add_into(self.lam * x, self.gated(self.beta * branch(x))))
 
 
 @register

@@ -35,7 +35,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from normlab.norms.base import Branch, InitSpec, NormStrategy, Residual, Role, Site
+from normlab.norms.base import Branch, InitSpec, NormStrategy, Residual, Role, Site, add_into
 from normlab.norms.registry import register
 
 
@@ -70,7 +70,7 @@ class ScaledPreNormResidual(Residual):
 
     def forward(self, x: Tensor, branch: Branch) -> Tensor:
         h = self.norm(x)
-        return x + self.gated(branch(h if self.scale == 1.0 else h * self.scale))
+        return add_into(self.gated(branch(h if self.scale == 1.0 else h * self.scale)), x)
 
     def extra_repr(self) -> str:
         return f"scale={self.scale:.6g}"

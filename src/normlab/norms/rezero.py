@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from normlab.norms.base import Branch, NormStrategy, Residual, Site
+from normlab.norms.base import Branch, NormStrategy, Residual, Site, add_into
 from normlab.norms.registry import register
 
 
@@ -55,7 +55,7 @@ class ReZeroResidual(Residual):
         self.rezero_gate = gate
 
     def forward(self, x: Tensor, branch: Branch) -> Tensor:
-        return x + self.gated(self.rezero_gate.alpha * branch(x))
+        return add_into(self.gated(self.rezero_gate.alpha * branch(x)), x)
 
 
 @register
