@@ -55,6 +55,7 @@ def heap_now() -> dict[str, float]:
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """``spec['steps']`` steps of normlab's peers row in this process, the heap read after each forward."""
+    import torch
     import torch.nn.functional as F
 
     if spec.get("pythonpath"):
@@ -70,7 +71,14 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         del loss
-    return {**spec, "after_forward": after_forward, "end": heap_now(), "machine": machine_name(x.device)}
+    end = heap_now()
+    return {
+        **spec,
+        "after_forward": after_forward,
+        "end": end,
+        "machine": machine_name(x.device),
+        "torch": torch.__version__,
+    }
 
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
