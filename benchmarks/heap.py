@@ -7,8 +7,10 @@ the end of each forward (the step's peak: every activation alive), beside the pr
 Why: the peers table's peak is the resident high-water mark, which counts heap memory that was freed
 but could not be reused as much as live tensors. At depth 1000 a forward frees a few block-wide
 temporaries per block (a sublayer's output once it is added to the stream, the GELU output once fc2
-has read it); glibc's 64-byte-aligned allocations cannot reuse a freed chunk of their own size, so
-each freed temporary can leave a hole that only smaller allocations partly refill. "Heap free" at
+has read it); glibc's 64-byte-aligned allocations cannot reuse a freed chunk of their own size (torch
+aligns CPU tensors to 64 bytes; checked here with three ``posix_memalign(64, 128 KiB)``, the middle one
+freed: the next one of the same size came from new memory, while 16-byte alignment reused the hole),
+so each freed temporary can leave a hole that only smaller allocations partly refill. "Heap free" at
 the end of the forward is that waste, measured; "heap in use" is what the step really keeps
 (parameters and optimizer state live in mmapped buffers here). Same model and step as
 ``benchmarks/peers.py`` (normlab's row), one process per checkout and norm; ``--before`` adds an
