@@ -234,8 +234,8 @@ def add_into(owned: Tensor, other: Tensor) -> Tensor:
 
     Why: a residual sum is a new block-wide tensor, and the term it consumes is freed right after;
     across a 1,000-layer forward those freed, exactly-sized holes are what glibc's aligned
-    allocations cannot reuse, so the heap grows by about a third of a block per sublayer (measured:
-    ~560 MB of free heap at the end of a depth-1000 forward, 18% of the step's peak). Adding in place
+    allocations cannot reuse, so the heap keeps growing while a large part of it sits free
+    (``benchmarks/heap.py`` measures it; the README's levers table has the numbers). Adding in place
     allocates nothing. The sum is the same bit for bit (IEEE addition commutes; ``add_`` runs the
     same kernel as ``+``).
 
