@@ -23,12 +23,11 @@ import argparse
 import ctypes
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from peers import build, machine_name, process_settings, run_measuring
+from peers import build, checkout_commit, machine_name, process_settings, run_measuring
 from peers_table import provenance
 from results_io import publish
 
@@ -115,10 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     checkouts = [("current", None)]
     if args.before:
-        commit = subprocess.run(
-            ["git", "-C", args.before, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
-        checkouts.append((f"@{commit}", str(Path(args.before) / "src")))
+        checkouts.append((f"@{checkout_commit(args.before)}", str(Path(args.before) / "src")))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     rows, failed = [], 0
     for norm in args.norms:

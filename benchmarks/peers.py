@@ -308,6 +308,12 @@ def run_measuring(cmd: list[str], env: dict[str, str], marker: str = "ROW") -> t
     return (None if proc.returncode else read_row(proc.stdout, marker)), tail
 
 
+def checkout_commit(path: str) -> str:
+    """The short commit of the checkout at ``path`` (``--before``), as its rows name it."""
+    git = ["git", "-C", path, "rev-parse", "--short", "HEAD"]
+    return subprocess.run(git, capture_output=True, text=True).stdout.strip()
+
+
 def round_order(specs: list[dict[str, Any]], round_: int) -> list[dict[str, Any]]:
     """Odd rounds run the configurations in reverse (A B C, C B A, ...), so that a machine that speeds up
     or slows down during the invocation does not always favour the configurations that run first."""
@@ -339,10 +345,8 @@ def main(argv: list[str] | None = None) -> int:
             for variant in args.variants:
                 specs.append({"impl": "normlab", "norm": norm, "depth": depth, "variant": variant})
             if args.before:
-                commit = subprocess.run(
-                    ["git", "-C", args.before, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-                ).stdout.strip()
-                before = {"impl": f"normlab@{commit}", "norm": norm, "depth": depth, "variant": "default"}
+                before = {"impl": f"normlab@{checkout_commit(args.before)}", "norm": norm, "depth": depth}
+                before["variant"] = "default"
                 specs.append({**before, "pythonpath": str(Path(args.before) / "src")})
     rows: list[dict[str, Any]] = []
     failed = 0
